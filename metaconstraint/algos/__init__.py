@@ -1,0 +1,50 @@
+"""Offline RL algorithms, by CLI name."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from .aspc import ASPC, ASPCConfig
+from .base import Agent
+from .td3bc import TD3BC, TD3BCConfig
+
+ALGORITHMS: dict[str, type] = {
+    "td3bc": TD3BC,
+    "aspc": ASPC,
+}
+
+
+def config_for(name: str, **overrides: Any):
+    """The algorithm's default config with ``overrides`` applied (unknown keys are an error)."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm '{name}'; choose one of {', '.join(sorted(ALGORITHMS))}")
+    cls = ALGORITHMS[name].Config
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise KeyError(f"{name} has no setting(s) {unknown}; its settings are {sorted(known)}")
+    return cls(**overrides)
+
+
+def make(
+    name: str,
+    obs_dim: int,
+    act_dim: int,
+    max_action: float = 1.0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    config: Any = None,
+    **overrides: Any,
+) -> Agent:
+    """Build an agent by name: ``make("aspc", obs_dim, act_dim, max_action, seed=1)``."""
+    if config is None:
+        config = config_for(name, **overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    return ALGORITHMS[name](obs_dim, act_dim, max_action, config=config, device=device, dtype=dtype)
+
+
+__all__ = ["ALGORITHMS", "ASPC", "ASPCConfig", "Agent", "TD3BC", "TD3BCConfig", "config_for", "make"]

@@ -21,7 +21,7 @@ class Agent(Protocol):
     """
 
     config: Any
-    total_steps: int
+    num_updates: int  # gradient steps done so far
 
     def update(self, batch: Batch) -> dict[str, Tensor]: ...
 

@@ -1,0 +1,59 @@
+"""ASPC (Jing et al., ICLR 2026): TD3+BC whose alpha is learned by a bilevel update.
+
+Everything is TD3+BC (same critic step, same actor loss) except
+
+* the robust critic (3x256, ReLU then LayerNorm, the spec's init) by default, and
+* alpha = softplus(rho) is trained every ``alpha_every`` actor steps: the actor step
+  theta~(alpha) = Adam(theta, grad L(theta; alpha)) is differentiated, and
+  L_outer = L1 + L2 + L3 (see :mod:`metaconstraint.constraint.bilevel`) is minimised in rho.
+
+One configuration for every dataset: these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..constraint import AdaptiveConstraint, AdaptiveConstraintConfig
+from .td3bc import TD3BC, TD3BCConfig
+
+
+@dataclass
+class ASPCConfig(TD3BCConfig):
+    """TD3+BC settings plus the adaptive-alpha ones; ``alpha`` is alpha's starting value."""
+
+    critic: str = "robust"
+    alpha_every: int = 10  # k_alpha: actor steps per alpha update
+    alpha_lr: float = 2e-3  # at alpha_every = 10; scaled by alpha_every / 10
+    alpha_lr_decay_to: float = 0.01  # lr fraction reached at planned_steps
+    terms: str = "L1+L2+L3"  # outer loss ablation: L1 | L1+L2 | L1+L3 | L1+L2+L3
+    delta_q: str = "ema"  # "ema" (reference implementation) or "step" (paper text)
+    ema_decay: float = 0.995
+
+
+class ASPC(TD3BC):
+    """TD3+BC with a learned alpha."""
+
+    name = "aspc"
+    Config = ASPCConfig
+    metric_names = TD3BC.metric_names + ("L1", "L2", "L3", "delta_q", "B", "delta_B", "outer_loss", "hypergrad")
+
+    def _make_constraint(self) -> AdaptiveConstraint:
+        c = self.config
+        return AdaptiveConstraint(
+            AdaptiveConstraintConfig(
+                init=c.alpha,
+                lr=c.alpha_lr,
+                every=c.alpha_every,
+                terms=c.terms,
+                delta_q=c.delta_q,
+                ema_decay=c.ema_decay,
+                lr_decay_to=c.alpha_lr_decay_to,
+            ),
+            planned_inner_steps=c.planned_steps // c.policy_freq,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+
+__all__ = ["ASPC", "ASPCConfig"]

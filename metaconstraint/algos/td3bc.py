@@ -1,0 +1,217 @@
+"""TD3+BC (Fujimoto & Gu, 2021): TD3 whose actor also regresses onto the data's actions.
+
+    critic:  y = r + gamma (1 - d) min_j Q'_j(s', clip(pi'(s') + clip(eps)))
+             L_Q = sum_j MSE(Q_j(s, a), y)
+    actor:   L_pi = -lambda * mean Q_1(s, pi(s)) + mean (pi(s) - a)^2,
+             lambda = alpha / mean |Q_1(s, pi(s))|   (detached), every `policy_freq` steps
+
+The actor step goes through :mod:`metaconstraint.constraint`, so ASPC (a learned alpha)
+is this class with a different constraint object and the robust critic.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from .. import optim
+from ..batch import Batch
+from ..constraint import FixedCoefficient, FixedConstraint, Terms
+from ..nets import Actor, TwinCritic, make_critic
+
+
+@dataclass
+class TD3BCConfig:
+    """TD3+BC hyper-parameters (defaults: the paper's, for every dataset)."""
+
+    alpha: float = 2.5  # weight of the RL term (lambda = alpha / mean|Q|)
+    discount: float = 0.99
+    tau: float = 0.005  # Polyak rate of all target networks
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    policy_noise: float = 0.2  # target policy smoothing std, times max_action
+    noise_clip: float = 0.5  # clip of that noise, times max_action
+    policy_freq: int = 2  # critic steps per actor step
+    actor_hidden: tuple[int, ...] = (256, 256)
+    critic: str = "plain"  # "plain" (2x256, the original) or "robust" (3x256 + LayerNorm, TD3+BC*)
+    critic_width: int = 256
+    critic_depth: int | None = None  # None: the preset's depth
+    seed: int = 0
+    planned_steps: int = 1_000_000  # gradient steps the run is planned for (learning-rate schedules)
+
+    def validate(self) -> None:
+        if self.policy_freq < 1:
+            raise ValueError(f"policy_freq must be >= 1, got {self.policy_freq}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must lie in (0, 1], got {self.tau}")
+        if not 0.0 <= self.discount < 1.0:
+            raise ValueError(f"discount must lie in [0, 1), got {self.discount}")
+        if self.planned_steps < 1:
+            raise ValueError(f"planned_steps must be >= 1, got {self.planned_steps}")
+        self.actor_hidden = tuple(int(h) for h in self.actor_hidden)
+
+
+def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) target + tau source`` for every parameter."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def _check_finite(name: str, value: Tensor, step: int, batch: Batch) -> None:
+    if torch.isfinite(value).all():
+        return
+    bad = [f for f in Batch._fields if not torch.isfinite(getattr(batch, f)).all()]
+    where = f"the batch has non-finite values in {bad}" if bad else "the batch is finite, so the networks diverged"
+    raise FloatingPointError(f"{name} is {value.item()} at update {step}: {where}")
+
+
+class TD3BC:
+    """TD3+BC with a fixed alpha. Subclasses change the actor's constraint object."""
+
+    name = "td3bc"
+    Config = TD3BCConfig
+    metric_names: tuple[str, ...] = ("critic_loss", "actor_loss", "bc_loss", "q_mean", "alpha")
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        max_action: float = 1.0,
+        config: TD3BCConfig | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.config = config if config is not None else self.Config()
+        self.config.validate()
+        c = self.config
+        self.device, self.dtype = torch.device(device), dtype
+        self.obs_dim, self.act_dim, self.max_action = obs_dim, act_dim, float(max_action)
+        with torch.random.fork_rng(devices=[]):  # reproducible init without touching global RNG
+            torch.manual_seed(c.seed)
+            self.actor = Actor(obs_dim, act_dim, max_action, c.actor_hidden).to(self.device, dtype)
+            self.critic = TwinCritic(
+                make_critic(c.critic, obs_dim, act_dim, c.critic_width, c.critic_depth),
+                make_critic(c.critic, obs_dim, act_dim, c.critic_width, c.critic_depth),
+            ).to(self.device, dtype)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self.actor_opt = optim.adam(lr=c.actor_lr)  # functional: the bilevel step differentiates through it
+        self.actor_opt_state = self.actor_opt.init(self._actor_params())
+        self.constraint = self._make_constraint()
+        self.rng = torch.Generator(device=self.device)
+        self.rng.manual_seed(c.seed)
+        self.num_updates = 0
+
+    # -- pieces subclasses override -------------------------------------------------------
+    def _make_constraint(self) -> Any:
+        return FixedConstraint(FixedCoefficient(self.config.alpha, device=self.device, dtype=self.dtype))
+
+    # -- the update --------------------------------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, Tensor]:
+        """One gradient step: critic always, actor (and targets) every ``policy_freq`` steps."""
+        self.num_updates += 1
+        logs = self._critic_step(batch)
+        if self.num_updates % self.config.policy_freq == 0:
+            logs.update(self._actor_step(batch))
+            soft_update(self.critic_target, self.critic, self.config.tau)
+            soft_update(self.actor_target, self.actor, self.config.tau)
+        return logs
+
+    def _critic_step(self, batch: Batch) -> dict[str, Tensor]:
+        c = self.config
+        with torch.no_grad():
+            noise = torch.randn(
+                batch.actions.shape, generator=self.rng, device=self.device, dtype=batch.actions.dtype
+            )
+            noise = (noise * c.policy_noise * self.max_action).clamp(
+                -c.noise_clip * self.max_action, c.noise_clip * self.max_action
+            )
+            next_actions = (self.actor_target(batch.next_observations) + noise).clamp(-self.max_action, self.max_action)
+            target_q = torch.min(*self.critic_target(batch.next_observations, next_actions))
+            y = batch.rewards + c.discount * (1.0 - batch.terminals) * target_q
+        q1, q2 = self.critic(batch.observations, batch.actions)
+        loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        _check_finite("critic loss", loss, self.num_updates, batch)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        return {"critic_loss": loss.detach()}
+
+    def actor_objective(self, batch: Batch):
+        """``objective(actor_params, alpha) -> Terms`` for this batch (the paper's actor loss)."""
+        obs, act = batch.observations, batch.actions
+
+        def objective(params: Mapping[str, Tensor], alpha: Tensor) -> Terms:
+            pi = functional_call(self.actor, params, (obs,))
+            q = self.critic.q1(obs, pi)
+            lam = alpha / q.abs().mean().detach()
+            bc = (pi - act).pow(2).mean(dim=1)
+            return Terms(loss=-lam * q.mean() + bc.mean(), value=q.mean(), constraint=bc)
+
+        return objective
+
+    def _actor_params(self) -> dict[str, Tensor]:
+        return dict(self.actor.named_parameters())
+
+    def _actor_step(self, batch: Batch) -> dict[str, Tensor]:
+        params = self._actor_params()
+        result = self.constraint.step(self.actor_objective(batch), params, self.actor_opt, self.actor_opt_state)
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(result.params[k])
+        self.actor_opt_state = result.opt_state
+        logs = dict(result.logs)
+        _check_finite("actor loss", logs["loss"], self.num_updates, batch)
+        out = {
+            "actor_loss": logs.pop("loss"),
+            "q_mean": logs.pop("value"),
+            "bc_loss": logs.pop("constraint"),
+            "alpha": logs.pop("coef"),
+        }
+        out.update(logs)
+        return out
+
+    # -- acting and checkpoints -----------------------------------------------------------
+    @torch.no_grad()
+    def act(self, observations: Tensor) -> Tensor:
+        """Deterministic action for *normalised* observations."""
+        return self.actor(observations.to(self.device))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algo": self.name,
+            "config": asdict(self.config),
+            "actor": self.actor.state_dict(),
+            "actor_target": self.actor_target.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "actor_opt_state": optim.detach_state(self.actor_opt_state),
+            "constraint": self.constraint.state_dict(),
+            "num_updates": self.num_updates,
+            "rng": self.rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("algo") != self.name:
+            raise ValueError(f"checkpoint is for algorithm '{state.get('algo')}', not '{self.name}'")
+        self.actor.load_state_dict(state["actor"])
+        self.actor_target.load_state_dict(state["actor_target"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        optim.check_tree(self.actor_opt_state["mu"], state["actor_opt_state"]["mu"], "checkpoint actor_opt_state")
+        self.actor_opt_state = state["actor_opt_state"]
+        self.constraint.load_state_dict(state["constraint"])
+        self.num_updates = int(state["num_updates"])
+        self.rng.set_state(state["rng"])
+
+
+__all__ = ["TD3BC", "TD3BCConfig", "soft_update"]

@@ -1,0 +1,37 @@
+"""The reusable adaptive constraint: a learnable coefficient trained by a bilevel update.
+
+Wrap any loss of the form ``coef * L_RL + L_constraint`` (or ``L_RL + coef * L_constraint``):
+write ``objective(params, coef) -> Terms(loss, value, constraint)`` for one batch and call
+``AdaptiveConstraint(config).step(objective, params, opt, opt_state)`` instead of an
+ordinary optimizer step. See :mod:`metaconstraint.constraint.bilevel`.
+"""
+
+from .bilevel import (
+    DELTA_Q,
+    TERM_SETS,
+    AdaptiveConstraint,
+    AdaptiveConstraintConfig,
+    FixedConstraint,
+    Objective,
+    StepResult,
+    Terms,
+    first_order_step,
+    parse_terms,
+)
+from .coefficient import AdaptiveCoefficient, FixedCoefficient, inverse_softplus
+
+__all__ = [
+    "AdaptiveCoefficient",
+    "AdaptiveConstraint",
+    "AdaptiveConstraintConfig",
+    "DELTA_Q",
+    "FixedCoefficient",
+    "FixedConstraint",
+    "Objective",
+    "StepResult",
+    "TERM_SETS",
+    "Terms",
+    "first_order_step",
+    "inverse_softplus",
+    "parse_terms",
+]

@@ -1,0 +1,104 @@
+"""Constraint coefficients: a fixed number, or a learnable positive scalar with its own optimizer."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import optim
+
+
+class FixedCoefficient:
+    """A constant coefficient (TD3+BC's alpha = 2.5, ReBRAC's beta1, ...)."""
+
+    learnable = False
+
+    def __init__(self, value: float, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a constraint coefficient must be a finite number >= 0, got {value}")
+        self._value = torch.tensor(float(value), device=device, dtype=dtype)
+
+    def value(self) -> Tensor:
+        return self._value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self._value.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._value = state["value"].to(self._value)
+
+
+def inverse_softplus(x: float) -> float:
+    """The rho with softplus(rho) = x (x > 0)."""
+    if x <= 0:
+        raise ValueError(f"softplus can only reach positive values, got {x}")
+    return x + math.log(-math.expm1(-x))  # = log(exp(x) - 1), stable for large x
+
+
+class AdaptiveCoefficient:
+    """``coef = softplus(rho)``, trained by functional Adam with an exponentially decaying lr.
+
+    ``lr_decay_to`` is the fraction of the starting lr reached after ``planned_updates``
+    updates (ASPC: 1% over the run), i.e. ``gamma = lr_decay_to ** (1 / planned_updates)``.
+    The schedule is a function of the Adam step count, so the state is just ``rho`` and the
+    Adam state: nothing else to save for an exact resume.
+    """
+
+    learnable = True
+
+    def __init__(
+        self,
+        init: float,
+        lr: float,
+        planned_updates: int | None = None,
+        lr_decay_to: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        if lr <= 0:
+            raise ValueError(f"coefficient lr must be > 0, got {lr}")
+        if planned_updates is not None and planned_updates < 1:
+            raise ValueError(f"planned_updates must be >= 1, got {planned_updates}")
+        gamma = 1.0 if planned_updates is None else lr_decay_to ** (1.0 / planned_updates)
+        self.gamma = gamma
+        self.opt = optim.adam(lr=optim.exponential_decay(lr, gamma), betas=betas, eps_root=0.0)
+        self.rho = torch.tensor(inverse_softplus(init), device=device, dtype=dtype, requires_grad=True)
+        self.opt_state = self.opt.init({"rho": self.rho})
+
+    def value(self) -> Tensor:
+        """The coefficient as a function of ``rho`` (carries the graph to ``rho``)."""
+        return F.softplus(self.rho)
+
+    def apply_gradient(self, grad_rho: Tensor) -> None:
+        """One optimizer step on ``rho`` given d(outer loss)/d(rho)."""
+        if not torch.isfinite(grad_rho).all():
+            raise FloatingPointError(
+                f"the coefficient's hypergradient is {grad_rho.item()} (coefficient {self.value().item():.4g}): "
+                "a loss, Q value or batch entry became NaN/Inf upstream; the coefficient was not updated"
+            )
+        updates, self.opt_state = self.opt.update({"rho": grad_rho}, self.opt_state, {"rho": self.rho})
+        with torch.no_grad():
+            self.rho.add_(updates["rho"])
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next update will use."""
+        return self.opt.hyperparams["lr"](self.opt_state["count"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rho": self.rho.detach().clone(), "opt_state": optim.detach_state(self.opt_state), "gamma": self.gamma}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if abs(state["gamma"] - self.gamma) > 1e-12 * max(1.0, self.gamma):
+            raise ValueError(
+                f"checkpoint's coefficient lr decay gamma {state['gamma']} differs from this run's {self.gamma}: "
+                "the planned number of steps changed; resume with the original --steps"
+            )
+        with torch.no_grad():
+            self.rho.copy_(state["rho"])
+        self.opt_state = state["opt_state"]

@@ -1,0 +1,234 @@
+"""ASPC, TD3+BC and the adaptive-constraint module."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+import metaconstraint as mc
+from metaconstraint.batch import Batch
+from metaconstraint.constraint import (
+    TERM_SETS,
+    AdaptiveCoefficient,
+    AdaptiveConstraint,
+    AdaptiveConstraintConfig,
+    inverse_softplus,
+)
+
+OBS, ACT = 3, 2
+
+
+def random_batch(gen: torch.Generator, n: int = 64, dtype=torch.float32) -> Batch:
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    act = (torch.rand(n, ACT, generator=gen, dtype=dtype) * 2 - 1) * 0.9
+    return Batch(r(n, OBS), act, r(n), r(n, OBS), (torch.rand(n, generator=gen) < 0.05).to(dtype), act, torch.ones(n, dtype=dtype))
+
+
+def small(name: str, dtype=torch.float32, **kw):
+    kw.setdefault("actor_hidden", (16, 16))
+    kw.setdefault("critic_width", 16)
+    kw.setdefault("planned_steps", 1000)
+    return mc.algos.make(name, OBS, ACT, max_action=1.0, dtype=dtype, **kw)
+
+
+def actor_critic_params(agent) -> dict[str, torch.Tensor]:
+    out = {f"actor.{k}": v for k, v in agent.actor.state_dict().items()}
+    out.update({f"critic.{k}": v for k, v in agent.critic.state_dict().items()})
+    return out
+
+
+# -- the coefficient ---------------------------------------------------------------------------
+
+
+def test_inverse_softplus_round_trips():
+    for x in (1e-3, 0.1, 2.5, 30.0, 200.0):
+        assert math.isclose(float(torch.nn.functional.softplus(torch.tensor(inverse_softplus(x), dtype=torch.float64))), x, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="positive"):
+        inverse_softplus(0.0)
+
+
+def test_coefficient_lr_decays_to_one_percent_over_the_planned_updates():
+    coef = AdaptiveCoefficient(init=2.5, lr=2e-3, planned_updates=50)
+    assert coef.lr == pytest.approx(2e-3)
+    for _ in range(50):
+        coef.apply_gradient(torch.tensor(1.0))
+    assert coef.lr == pytest.approx(2e-5, rel=1e-9)
+    # Adam's first steps move rho by about lr against the gradient's sign
+    assert float(coef.rho.detach()) < inverse_softplus(2.5) - 0.01
+
+
+def test_coefficient_refuses_nan_hypergradient():
+    coef = AdaptiveCoefficient(init=2.5, lr=1e-3)
+    with pytest.raises(FloatingPointError, match="hypergradient is nan"):
+        coef.apply_gradient(torch.tensor(float("nan")))
+    assert float(coef.value().detach()) == pytest.approx(2.5)
+
+
+def test_config_errors_are_readable():
+    with pytest.raises(ValueError, match="L1\\+L2\\+L3"):
+        AdaptiveConstraint(AdaptiveConstraintConfig(terms="L2"))
+    with pytest.raises(ValueError, match="delta_q"):
+        AdaptiveConstraint(AdaptiveConstraintConfig(delta_q="mean"))
+    with pytest.raises(KeyError, match="no setting"):
+        small("aspc", alpha_evry=3)
+
+
+# -- the hypergradient ---------------------------------------------------------------------------
+
+
+def reference_outer_loss(agent, batch, rho: torch.Tensor, frozen: dict | None = None):
+    """The spec's outer loss written out independently of the library.
+
+    Quantities the method detaches (mean|Q~| in L1, L2 inside L3) are taken from ``frozen``
+    so that a finite difference in rho sees exactly what the hypergradient differentiates.
+    """
+    c = agent.config
+    obs, act = batch.observations, batch.actions
+    params = {k: v.detach().requires_grad_(True) for k, v in agent.actor.named_parameters()}
+    fwd = lambda p: torch.func.functional_call(agent.actor, p, (obs,))  # noqa: E731
+    alpha = torch.nn.functional.softplus(rho)
+    pi = fwd(params)
+    q = agent.critic.q1(obs, pi)
+    loss = -(alpha / q.abs().mean().detach()) * q.mean() + ((pi - act) ** 2).mean()
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    updates, _ = agent.actor_opt.update(grads, agent.actor_opt_state, params)
+    with torch.no_grad():
+        pi2 = fwd({k: params[k] + updates[k] for k in params})
+        q2 = agent.critic.q1(obs, pi2)
+        q_ema = agent.constraint.q_ema
+        if c.delta_q == "ema":
+            dq = (1 - c.ema_decay) * q2.mean() + c.ema_decay * q_ema - q_ema
+        else:
+            dq = q2.mean() - q.mean()
+        bc, bc2 = ((pi - act) ** 2).mean(1), ((pi2 - act) ** 2).mean(1)
+        qabs = q2.abs().mean() if frozen is None else frozen["qabs"]
+        l2 = dq**2
+        l2_const = l2 if frozen is None else frozen["l2"]
+        alpha0 = alpha if frozen is None else frozen["alpha"]
+        parts = {
+            "L1": -alpha0 * q2.mean() / qabs + ((pi2 - act) ** 2).mean(),
+            "L2": l2,
+            "L3": l2_const * bc.max() * (bc - bc2).abs().max(),
+        }
+        total = sum(parts[t] for t in c.terms.split("+"))
+    return float(total), {"qabs": qabs, "l2": l2, "alpha": alpha.detach()}
+
+
+@pytest.mark.parametrize("delta_q", ["ema", "step"])
+@pytest.mark.parametrize("terms", TERM_SETS)
+def test_alpha_hypergradient_matches_finite_differences(terms, delta_q):
+    gen = torch.Generator().manual_seed(0)
+    agent = small("aspc", dtype=torch.float64, terms=terms, delta_q=delta_q, alpha_every=3, seed=1)
+    for _ in range(30):  # a few actor and alpha steps so Adam moments and the Q EMA are non-trivial
+        agent.update(random_batch(gen, dtype=torch.float64))
+    batch = random_batch(gen, dtype=torch.float64)
+    con = agent.constraint
+    assert float(con.q_ema) != 0.0 or delta_q == "step"
+
+    outer, grad, *_ = con.hypergradient(agent.actor_objective(batch), agent._actor_params(), agent.actor_opt, agent.actor_opt_state)
+    rho0 = con.coefficient.rho.detach().clone()
+    value, frozen = reference_outer_loss(agent, batch, rho0)
+    assert float(outer) == pytest.approx(value, rel=1e-12)  # the library computes the spec's outer loss
+
+    eps = 1e-6
+    plus, _ = reference_outer_loss(agent, batch, rho0 + eps, frozen)
+    minus, _ = reference_outer_loss(agent, batch, rho0 - eps, frozen)
+    fd = (plus - minus) / (2 * eps)
+    analytic = float(grad)
+    assert analytic != 0.0
+    assert abs(analytic - fd) <= 1e-4 * abs(fd), (analytic, fd)
+
+
+def test_hypergradient_sees_every_selected_term():
+    """Each outer term changes the hypergradient (a dropped term would go unnoticed otherwise)."""
+    gen = torch.Generator().manual_seed(3)
+    grads = {}
+    for terms in TERM_SETS:
+        agent = small("aspc", dtype=torch.float64, terms=terms, alpha_every=2, seed=0)
+        g = torch.Generator().manual_seed(3)
+        for _ in range(20):
+            agent.update(random_batch(g, dtype=torch.float64))
+        batch = random_batch(gen.manual_seed(9), dtype=torch.float64)
+        *_, logs, _ = agent.constraint.hypergradient(
+            agent.actor_objective(batch), agent._actor_params(), agent.actor_opt, agent.actor_opt_state
+        )
+        grads[terms] = float(logs["hypergrad"])
+    assert len({round(v, 14) for v in grads.values()}) == 4, grads
+
+
+# -- ASPC is TD3+BC when alpha never moves -------------------------------------------------------
+
+
+def test_idle_aspc_equals_td3bc_bit_for_bit():
+    gen = torch.Generator().manual_seed(0)
+    batches = [random_batch(gen) for _ in range(200)]
+    td3bc = small("td3bc", critic="robust", seed=4)
+    idle = small("aspc", alpha_every=10**9, seed=4)
+    active = small("aspc", seed=4)
+    for b in batches:
+        td3bc.update(b)
+        idle.update(b)
+        active.update(b)
+    p_td3, p_idle, p_active = map(actor_critic_params, (td3bc, idle, active))
+    for k in p_td3:
+        assert torch.equal(p_td3[k], p_idle[k]), k
+    assert any(not torch.equal(p_td3[k], p_active[k]) for k in p_td3)  # the test can tell them apart
+    assert float(active.constraint.value()) != 2.5
+
+
+def test_second_order_graph_only_on_alpha_steps(monkeypatch):
+    calls = []
+    original = AdaptiveConstraint.hypergradient
+
+    def spy(self, *a, **k):
+        calls.append(self.inner_steps)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(AdaptiveConstraint, "hypergradient", spy)
+    agent = small("aspc", alpha_every=5)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):  # 20 actor steps -> alpha updates after actor steps 5, 10, 15, 20
+        agent.update(random_batch(gen))
+    assert calls == [5, 10, 15, 20]
+
+
+# -- checkpoints and errors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["td3bc", "aspc"])
+def test_state_dict_resumes_exactly(name):
+    gen = torch.Generator().manual_seed(1)
+    batches = [random_batch(gen) for _ in range(120)]
+    extra = {"alpha_every": 2} if name == "aspc" else {}
+    a = small(name, **extra)
+    for b in batches[:60]:
+        a.update(b)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    for b in batches[60:]:
+        a.update(b)
+    buf.seek(0)
+    b_agent = small(name, seed=123, **extra)  # different init: everything must come from the file
+    b_agent.load_state_dict(torch.load(buf, weights_only=True))
+    for b in batches[60:]:
+        b_agent.update(b)
+    pa, pb = actor_critic_params(a), actor_critic_params(b_agent)
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+    assert torch.equal(a.constraint.value(), b_agent.constraint.value())
+
+
+def test_nan_in_batch_names_the_field():
+    agent = small("aspc")
+    batch = random_batch(torch.Generator().manual_seed(0))
+    batch.rewards[5] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"critic loss is nan at update 1: .*\['rewards'\]"):
+        agent.update(batch)
+
+
+def test_loading_another_algorithms_checkpoint_fails_clearly():
+    with pytest.raises(ValueError, match="checkpoint is for algorithm 'td3bc', not 'aspc'"):
+        small("aspc").load_state_dict(small("td3bc").state_dict())
