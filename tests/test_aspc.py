@@ -232,3 +232,46 @@ def test_nan_in_batch_names_the_field():
 def test_loading_another_algorithms_checkpoint_fails_clearly():
     with pytest.raises(ValueError, match="checkpoint is for algorithm 'td3bc', not 'aspc'"):
         small("aspc").load_state_dict(small("td3bc").state_dict())
+
+
+# -- behaviour on tiny Pendulum data ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pendulum_sets():
+    from tests.pendulum_data import make_dataset
+
+    return {kind: make_dataset(kind, episodes=8, seed=0) for kind in ("expert", "random")}
+
+
+def test_tiny_datasets_are_what_they_claim(pendulum_sets):
+    # the controller is near-expert (Pendulum returns: about -150 good, about -1200 random)
+    assert pendulum_sets["expert"]["returns"].mean() > -300
+    assert pendulum_sets["random"]["returns"].mean() < -900
+
+
+def test_aspc_runs_2000_steps_finite_and_alpha_moves(pendulum_sets):
+    """Three seeds on near-expert and on random data: every logged quantity finite, alpha moves.
+
+    The paper's ordering (alpha lower on expert data) is a statement about long runs; at this
+    scale (2k steps, 32-wide nets) we do not observe it (see the README's ASPC section), so
+    it is not asserted here.
+    """
+    from tests.pendulum_data import TinySampler
+
+    for kind, data in pendulum_sets.items():
+        for seed in range(3):
+            sampler = TinySampler(data, 128, seed)
+            agent = mc.algos.make(
+                "aspc", 3, 1, 2.0, seed=seed, actor_hidden=(32, 32), critic_width=32, planned_steps=2000
+            )
+            alphas = []
+            for _ in range(2000):
+                logs = agent.update(sampler.sample())
+                for k, v in logs.items():
+                    assert torch.isfinite(v).all(), (kind, seed, k)
+                if "hypergrad" in logs:
+                    alphas.append(float(logs["alpha"]))
+            assert len(alphas) == 100  # 1000 actor steps / k_alpha = 10
+            assert 0.5 < min(alphas) and max(alphas) < 10.0, (kind, seed, min(alphas), max(alphas))
+            assert max(alphas) - min(alphas) > 1e-3, (kind, seed)
