@@ -1,0 +1,8 @@
+"""``python -m metaconstraint ...``: the same command line as ``metaconstraint ...``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

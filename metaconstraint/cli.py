@@ -1,0 +1,379 @@
+"""The ``metaconstraint`` command: train, eval, collect, plot, report, export.
+
+``metaconstraint train`` with no arguments trains ASPC on the built-in Pendulum dataset with
+the ``quick`` preset (a few minutes on 2 CPU cores) and prints the normalised score, the
+alpha trajectory and where the plots are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["build_parser", "main"]
+
+EXAMPLES = """examples:
+  metaconstraint train                                   # ASPC on the built-in Pendulum data (quick preset)
+  metaconstraint train --algo td3bc --seed 1 --run-dir runs/td3bc-s1
+  metaconstraint train --dataset hopper-medium-v2.hdf5 --preset paper --set reward_scale=none
+  metaconstraint train --resume runs/td3bc-s1            # continue a stopped or interrupted run exactly
+  metaconstraint eval --run-dir runs/td3bc-s1 --episodes 20
+  metaconstraint plot runs/aspc-* runs/td3bc-*           # overlay, mean ± std over seeds
+  metaconstraint report runs/
+  metaconstraint export --run-dir runs/td3bc-s1 --out policy.pt
+"""
+
+
+# ----------------------------------------------------------------------------- argument types
+def _positive_int(text: str) -> int:
+    try:
+        v = int(str(text).replace("_", ""))
+    except ValueError:
+        try:
+            f = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+        if not f.is_integer():
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+        v = int(f)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(str(text).replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _algo(text: str) -> str:
+    from .config import ConfigError, algo_class
+
+    try:
+        algo_class(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _algo_names() -> str:
+    try:
+        from .algos import ALGORITHMS
+
+        return ", ".join(sorted(ALGORITHMS))
+    except Exception:  # pragma: no cover - a broken algorithm module should not break --help
+        return "see metaconstraint.algos.ALGORITHMS"
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_train(sub: Any) -> None:
+    from .config import PRESETS
+
+    q, p = PRESETS["quick"], PRESETS["paper"]
+    t = sub.add_parser(
+        "train",
+        help="train an agent on an offline dataset (no arguments: ASPC on the built-in Pendulum data)",
+        description=(
+            "Train an offline RL agent into a run directory (config.yaml, metrics.csv/jsonl, checkpoints/, "
+            "plots/, summary.json). Settings are layered: preset < --config file < flags < --set. "
+            "With no arguments: ASPC on the built-in pendulum-medium dataset, quick preset."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    a = t.add_argument
+    a("--algo", type=_algo, help=f"algorithm: {_algo_names()} (default: aspc)")
+    a("--dataset", metavar="ID_OR_PATH",
+      help="built-in name, local Minari id or folder, D4RL-format .hdf5, or .npz (default: pendulum-medium)")
+    a("--preset", choices=list(PRESETS),
+      help="base settings: quick (narrow nets, short run; the default for built-in datasets) or paper "
+           "(the algorithm's published sizes; the default otherwise)")
+    a("--steps", type=_positive_int, metavar="N",
+      help=f"gradient steps (default: {q['steps']} quick, {p['steps']} paper)")
+    a("--eval-every", type=_nonneg_int, metavar="M",
+      help=f"steps between evaluations, 0 = only at the end (default: {q['eval_every']} quick, {p['eval_every']} paper)")
+    a("--eval-episodes", type=_positive_int, metavar="E", help=f"episodes per evaluation (default: {q['eval_episodes']})")
+    a("--seed", type=_nonneg_int, metavar="S", help="seed of networks, batches and evaluation episodes (default: 0)")
+    a("--batch-size", type=_positive_int, metavar="B", help="minibatch size (default: 256, or the algorithm's own with paper)")
+    a("--run-dir", metavar="DIR", help="where the run is written (default: runs/<algo>-<dataset>-seed<S>-<time>)")
+    a("--config", metavar="FILE.yaml", help="YAML settings (a run's config.yaml works); flags and --set override it")
+    a("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+      help="override any setting: a run setting (steps=5000), agent.<field> (agent.alpha_every=5) or a bare "
+           "algorithm field (alpha_lr=1e-3); repeatable")
+    a("--device", metavar="cpu|cuda", help="training device (default: cpu)")
+    a("--log-every", type=_positive_int, metavar="K", help=f"steps per metrics row (default: {q['log_every']} quick, {p['log_every']} paper)")
+    a("--checkpoint-every", type=_nonneg_int, metavar="K",
+      help=f"steps between checkpoints, 0 = only at the end (default: {q['checkpoint_every']} quick, {p['checkpoint_every']} paper)")
+    a("--keep-checkpoints", type=_positive_int, metavar="N", help="how many recent checkpoints to keep (default: 3)")
+    a("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint (takes no other settings)")
+    a("--stop-after", type=_positive_int, metavar="N",
+      help="checkpoint and stop once N total steps are done (continue later with --resume)")
+    a("--threads", type=_positive_int, metavar="T", help="torch CPU threads (default: torch's choice)")
+    a("--no-plots", action="store_true", help="do not draw plots at the end")
+    a("--quiet", action="store_true", help="no progress bar and no status lines")
+    t.set_defaults(func=cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metaconstraint",
+        description="Adaptive policy constraints for offline RL (ASPC and baselines): train, evaluate, plot, report, export.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"metaconstraint {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+
+    e = sub.add_parser("eval", help="evaluate a run's policy in its environment",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--run-dir", required=True, metavar="DIR", help="the run directory")
+    e.add_argument("--checkpoint", metavar="STEP|PATH", help="a step number or checkpoint file (default: the newest)")
+    e.add_argument("--episodes", type=_positive_int, default=10, help="episodes to run")
+    e.add_argument("--seed", type=_nonneg_int, default=None, help="first episode's reset seed (default: the run's eval seed)")
+    e.add_argument("--device", default="cpu", help="device for the policy")
+    e.add_argument("--json", action="store_true", help="print only the result as JSON")
+    e.set_defaults(func=cmd_eval)
+
+    try:
+        from .data.collect import register
+    except Exception as err:  # pragma: no cover - the data package is required; say why it is missing
+        c = sub.add_parser("collect", help="write a Minari dataset (unavailable: see --help)")
+        c.set_defaults(func=lambda args, _e=err: _fail(f"collect is unavailable: {_e}"))
+    else:
+        register(sub)
+
+    pl = sub.add_parser("plot", help="plot alpha, losses and score vs step for one or more runs (mean ± std over seeds)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
+    pl.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/plots for one run, ./plots for several)")
+    pl.set_defaults(func=cmd_plot)
+
+    r = sub.add_parser("report", help="markdown table of final normalised scores, algorithm x dataset, over seeds",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("runs_dir", nargs="+", metavar="RUNS_DIR", help="folder(s) holding run directories")
+    r.add_argument("--out", metavar="FILE.md", help="also write the report to this file")
+    r.add_argument("--title", default="Results", help="report heading")
+    r.set_defaults(func=cmd_report)
+
+    x = sub.add_parser("export", help="write a run's policy as TorchScript (normalisation built in; needs only torch)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    x.add_argument("--run-dir", required=True, metavar="DIR", help="the run directory")
+    x.add_argument("--out", required=True, metavar="policy.pt", help="output file")
+    x.add_argument("--checkpoint", metavar="STEP|PATH", help="a step number or checkpoint file (default: the newest)")
+    x.set_defaults(func=cmd_export)
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+class _Fail(Exception):
+    pass
+
+
+def _fail(msg: str) -> int:
+    raise _Fail(msg)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "algo": args.algo, "dataset": args.dataset, "preset": args.preset, "steps": args.steps,
+        "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "seed": args.seed,
+        "batch_size": args.batch_size, "device": args.device, "log_every": args.log_every,
+        "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
+    }
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import resolve
+    from .training import Trainer, default_run_dir
+
+    t_start = time.perf_counter()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    sets = [s for group in args.set for s in group]
+    echo = None if args.quiet else print
+    progress = False if args.quiet else None
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k, v in _flags(args).items() if v is not None and k != "device"]
+        given += ["--config"] if args.config else []
+        given += ["--set"] if sets else []
+        given += ["--run-dir"] if args.run_dir else []
+        if given:
+            return _fail(
+                f"--resume continues a run with the settings in its config.yaml; drop {', '.join(given)} "
+                "(only --device, --stop-after, --threads, --quiet and --no-plots go with --resume)"
+            )
+        trainer = Trainer.resume(args.resume, device=args.device, progress=progress, echo=echo, plots=not args.no_plots)
+    else:
+        config = resolve(file=args.config, flags=_flags(args), sets=sets)
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
+        trainer = Trainer(config, run_dir, progress=progress, echo=echo, plots=not args.no_plots)
+    result = trainer.train(stop_after=args.stop_after)
+    total = time.perf_counter() - t_start
+    s = result.summary
+    if not args.quiet:
+        _print_train_summary(result, total)
+    else:
+        print(json.dumps({k: s[k] for k in ("status", "step", "final_score", "coef_end", "wall_s")}))
+    if result.status == "interrupted":
+        return 130 if result.signal == signal.SIGINT else 143
+    return 0
+
+
+def _print_train_summary(result: Any, total_s: float) -> None:
+    from .training import _fmt_duration
+
+    s = result.summary
+    run_dir = result.run_dir
+    lines = []
+    verb = {"finished": "finished", "stopped": "stopped (as asked)", "interrupted": "interrupted"}.get(result.status, result.status)
+    lines.append(
+        f"\n{verb}: {s['algo']} on {s['dataset']}, step {s['step']}/{s['steps']}, "
+        f"{_fmt_duration(total_s)} in all ({s['steps_per_s']} steps/s while training)"
+    )
+    if s.get("final_score") is not None:
+        lines.append(
+            f"normalised score: {s['final_score']:.1f} ± {s['final_score_std']:.1f} over the episodes "
+            f"(return {s['final_return']:.1f}) at step {s['final_eval_step']}; best {s['best_score']:.1f} at step "
+            f"{s['best_score_step']}"
+        )
+    elif s.get("final_return") is not None:
+        lines.append(f"return: {s['final_return']:.1f} at step {s['final_eval_step']} (no reference scores to normalise)")
+    key = s.get("coefficient") or "alpha"
+    if s.get("coef_end") is not None:
+        mn = f"{s['coef_min']:.3f}" + (f" (step {s['coef_min_step']})" if s.get("coef_min_step") is not None else "")
+        mx = f"{s['coef_max']:.3f}" + (f" (step {s['coef_max_step']})" if s.get("coef_max_step") is not None else "")
+        lines.append(f"{key}: start {s['coef_start']:.3f}, min {mn}, max {mx}, end {s['coef_end']:.3f}")
+    if s.get("plots"):
+        first = Path(s["plots"][0]).parent
+        lines.append(f"plots: {first}/ ({', '.join(Path(p).name for p in s['plots'])})")
+    lines.append(f"run directory: {run_dir}")
+    if result.status in ("interrupted", "stopped"):
+        lines.append(f"checkpoint {result.checkpoint}; continue with: metaconstraint train --resume {run_dir}")
+    else:
+        lines.append(
+            f"next: metaconstraint eval --run-dir {run_dir} --episodes 20 | "
+            f"metaconstraint export --run-dir {run_dir} --out policy.pt"
+        )
+    print("\n".join(lines))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+    from .training import load_run
+
+    run = load_run(args.run_dir, args.checkpoint, device=args.device)
+    seed = run.config.resolved_eval_seed() if args.seed is None else args.seed
+    res = evaluate(
+        run.agent, run.env_target(), episodes=args.episodes, seed=seed, normalizer=run.normalizer,
+        n_envs=min(10, args.episodes), ref=run.reference(), device=args.device,
+    )
+    res.update(run_dir=str(run.run_dir), checkpoint=str(run.checkpoint), step=run.step, algo=run.config.algo,
+               dataset=run.config.dataset)
+    out = Path(args.run_dir) / "evals" / f"step_{run.step:08d}_episodes{args.episodes}_seed{seed}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    score = (
+        f"normalised score {res['score_mean']:.1f} ± {res['score_std']:.1f}, "
+        if res["score_mean"] is not None else ""
+    )
+    print(
+        f"{run.config.algo} on {run.config.dataset} at step {run.step}: {score}return {res['return_mean']:.1f} ± "
+        f"{res['return_std']:.1f} over {args.episodes} episodes of {res['env_id']} (seeds {seed}..{seed + args.episodes - 1})"
+    )
+    print(f"written to {out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plotting import find_runs, plot_runs
+
+    try:
+        runs = find_runs(args.runs)
+    except FileNotFoundError as err:
+        return _fail(str(err))
+    out = Path(args.out) if args.out else (runs[0] / "plots" if len(runs) == 1 else Path("plots"))
+    paths = plot_runs(runs, out)
+    print(f"{len(runs)} run(s) plotted:")
+    for p in paths:
+        print(f"  {p}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_markdown
+
+    try:
+        text = report_markdown(args.runs_dir, title=args.title)
+    except FileNotFoundError as err:
+        return _fail(str(err))
+    print(text, end="")
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_policy
+
+    meta = export_policy(args.run_dir, args.out, args.checkpoint)
+    print(
+        f"wrote {args.out}: {meta['algo']} policy for {meta['env_id']} (step {meta['step']}), raw observations in, "
+        f"actions out. Load with: torch.jit.load('{args.out}')"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input, 3 diverged, 130/143 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        print("\nStart with: metaconstraint train   (ASPC on the built-in Pendulum data, a few minutes on a laptop)")
+        return 0
+    if "OMP_NUM_THREADS" not in os.environ and args.command in ("eval", "export", "plot", "report"):
+        import torch
+
+        torch.set_num_threads(1)  # small policies: one thread is fastest and polite to other jobs
+    from .config import ConfigError
+    from .training import RunError, TrainingDiverged
+
+    try:
+        from .data import DataError
+    except Exception:  # pragma: no cover
+        DataError = ValueError  # type: ignore[misc,assignment]
+    try:
+        return int(args.func(args) or 0)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except (_Fail, ConfigError, RunError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\naborted (no checkpoint written for the current step)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,460 @@
+"""The run configuration: presets, YAML files, ``--set key=value`` overrides, validation.
+
+A run is described by one :class:`RunConfig` (the trainer's settings) whose ``agent`` field
+holds the algorithm's own config dataclass. Values come in layers, later ones winning:
+
+1. the preset (``quick``: sized for the built-in Pendulum data on a laptop; ``paper``: the
+   algorithm's published sizes, 1M steps),
+2. the algorithm's published per-dataset settings (``algo_preset``, when it has any),
+3. a YAML file (``--config``; a run's ``config.yaml`` is such a file),
+4. command-line flags (``--steps``, ``--seed``, ...),
+5. ``--set key=value`` (``key`` is a run setting, ``agent.<field>``, or a bare algorithm field).
+
+Every value is checked against the dataclass field's type, and every key against the known
+ones, so a typo stops the run before any data is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "PRESETS",
+    "RunConfig",
+    "algo_class",
+    "coefficient_name",
+    "dump_yaml",
+    "load_yaml",
+    "parse_overrides",
+    "resolve",
+    "run_config_from_dict",
+]
+
+# Settings the trainer derives from the run itself; setting them by hand is refused.
+DERIVED_AGENT_FIELDS = {"seed": "--seed", "planned_steps": "--steps"}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Sized to finish in a few minutes on 2 CPU cores on the built-in Pendulum data
+    # (measured; see the README). Everything except the network widths is ASPC's single
+    # configuration.
+    "quick": {
+        "steps": 15_000,
+        "batch_size": 256,
+        "eval_every": 1_500,
+        "eval_episodes": 10,
+        "log_every": 100,
+        "checkpoint_every": 5_000,
+        "agent": {"actor_hidden": (64, 64), "critic_width": 64},
+    },
+    # The papers' sizes: 1M gradient steps, the algorithm's own networks and batch size.
+    "paper": {
+        "steps": 1_000_000,
+        "batch_size": None,  # the algorithm's (``cls.batch_size``), else 256
+        "eval_every": 5_000,
+        "eval_episodes": 10,
+        "log_every": 1_000,
+        "checkpoint_every": 50_000,
+        "agent": {},
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message says what to change."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run (saved as ``config.yaml`` in the run directory)."""
+
+    algo: str = "aspc"
+    dataset: str = "pendulum-medium"  # built-in name, Minari id or folder, .hdf5/.npz file
+    preset: str = "quick"  # quick | paper (the base the other values override)
+    algo_preset: str = "auto"  # the algorithm's published per-dataset settings: auto | none | a key
+    steps: int = 15_000  # gradient steps
+    batch_size: int = 256
+    eval_every: int = 1_500  # gradient steps between evaluations (0: only at the end)
+    eval_episodes: int = 10
+    eval_seed: int | None = None  # None: 1_000_000 + seed (the same start states at every evaluation)
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 100  # gradient steps per metrics row (means over the interval)
+    checkpoint_every: int = 5_000  # 0: only at the end (and on interrupt)
+    keep_checkpoints: int = 3
+    reward_scale: str | float = "none"  # none | locomotion | antmaze | a number
+    normalize_obs: bool = True
+    agent: Any = None  # the algorithm's config dataclass
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON-able, tuples as lists)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "agent"}
+        out["agent"] = _plain(dataclasses.asdict(self.agent)) if self.agent is not None else None
+        return out
+
+    def resolved_eval_seed(self) -> int:
+        return 1_000_000 + self.seed if self.eval_seed is None else self.eval_seed
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+# ----------------------------------------------------------------------------- algorithms
+def algo_class(name: str) -> type:
+    """The agent class registered under ``name`` (a readable error otherwise)."""
+    from .algos import ALGORITHMS
+
+    if name not in ALGORITHMS:
+        close = difflib.get_close_matches(name, ALGORITHMS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown algorithm '{name}'{hint}; choose one of: {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name]
+
+
+def coefficient_name(algo: str) -> str:
+    """The log key of the algorithm's constraint coefficient (``alpha`` for ASPC / TD3+BC)."""
+    return getattr(algo_class(algo), "coefficient_name", "alpha")
+
+
+def dataset_key(dataset: str) -> str:
+    """``hopper-medium`` for ``hopper-medium-v2``, ``.../hopper_medium-v2.hdf5`` or ``mujoco/hopper/medium-v0``."""
+    text = str(dataset).rstrip("/")
+    for suffix in (".hdf5", ".h5", ".npz"):
+        if text.lower().endswith(suffix):
+            text = text[: -len(suffix)]
+    parts = [p for p in re.split(r"[/\\]", text) if p]
+    if len(parts) >= 2 and not Path(text).exists():
+        text = "-".join(parts[-2:])  # a Minari id: family/kind
+    else:
+        text = parts[-1] if parts else text
+    text = re.sub(r"[-_]v\d+$", "", text.lower()).replace("_", "-")
+    return text
+
+
+def _agent_fields(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type of an algorithm config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+
+
+_RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"agent"}
+
+
+def _run_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(RunConfig)
+    return {k: hints[k] for k in _RUN_FIELDS}
+
+
+# ----------------------------------------------------------------------------- value parsing
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of integers (e.g. 64,64 or [64, 64])"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` (from YAML or a command line) as type ``tp``, or a ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        # numbers before strings, so reward_scale=2 is a number
+        for a in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{where} takes {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        items = value
+        if isinstance(value, str):
+            items = [v for v in re.split(r"[,\s]+", value.strip("[]() ")) if v]
+        if isinstance(value, int) and not isinstance(value, bool):
+            items = [value]
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where} takes {_type_name(tp)}, got {value!r}")
+        (elem, *_rest) = typing.get_args(tp) or (Any,)
+        return tuple(_coerce(v, elem, f"{where}[{i}]") for i, v in enumerate(items))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{where} takes true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} takes an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            text = value.replace("_", "")
+            try:
+                return int(text)
+            except ValueError:
+                try:
+                    f = float(text)  # 1e6
+                except ValueError:
+                    f = None
+                if f is not None and f.is_integer():
+                    return int(f)
+        raise ConfigError(f"{where} takes an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} takes a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} takes a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where} takes a string, got {value!r}")
+    return value
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    """``["steps=100", "agent.alpha=3"]`` -> ``{"steps": "100", "agent.alpha": "3"}`` (values still text)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value (e.g. --set agent.alpha_every=5), got {item!r}")
+        out[key] = value.strip()
+    return out
+
+
+def _yaml_scalar(text: str) -> Any:
+    """A command-line value as YAML would read it (``3`` -> 3, ``[64, 64]`` -> list, ``abc`` -> 'abc')."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+# ----------------------------------------------------------------------------- files
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file as a dict (a missing file or bad YAML is a ConfigError)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file '{p}' is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def dump_yaml(config: RunConfig, path: str | Path | None = None) -> str:
+    """The fully resolved config as YAML (written to ``path`` when given)."""
+    header = (
+        "# metaconstraint run config (fully resolved). Re-run with: metaconstraint train --config THIS_FILE\n"
+        "# agent.seed and agent.planned_steps follow seed and steps.\n"
+    )
+    text = header + yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
+    if path is not None:
+        Path(path).write_text(text)
+    return text
+
+
+def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``{"agent": {"alpha": 3}}`` -> ``{"agent.alpha": 3}`` (only the agent section nests)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "agent":
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: 'agent' must be a mapping of the algorithm's settings")
+            for k, v in value.items():
+                out[f"agent.{k}"] = v
+        else:
+            out[str(key)] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- resolving
+def _default_preset(dataset: str) -> str:
+    from .data import BUILTIN
+
+    return "quick" if dataset in BUILTIN else "paper"
+
+
+def _pick(layers: Sequence[tuple[str, dict[str, Any]]], key: str, default: Any) -> tuple[Any, str]:
+    for where, layer in reversed(layers):
+        if key in layer:
+            return layer[key], where
+    return default, "default"
+
+
+def resolve(
+    *,
+    file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    sets: Sequence[str] = (),
+    data: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from the layers in the module docstring.
+
+    ``file``: a YAML path; ``data``: an already loaded mapping (instead of ``file``);
+    ``flags``: command-line values that were given (``None`` values are ignored);
+    ``sets``: ``key=value`` strings.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if file is not None:
+        layers.append((f"config file {file}", _flatten(load_yaml(file), f"config file {file}")))
+    if data is not None:
+        layers.append(("config", _flatten(data, "config")))
+    if flags:
+        layers.append(("command line", {k: v for k, v in flags.items() if v is not None}))
+    set_layer = {k: _yaml_scalar(v) for k, v in parse_overrides(sets).items()}
+    layers.append(("--set", set_layer))
+
+    run_types = _run_types()
+    algo_raw, where = _pick(layers, "algo", RunConfig.algo)
+    algo = _coerce(algo_raw, str, f"algo ({where})")
+    cls = algo_class(algo)
+    agent_types = _agent_fields(cls.Config)
+
+    # Bare algorithm keys in --set (e.g. alpha_every=5) mean agent.<key> when unambiguous.
+    for key in list(set_layer):
+        if key not in run_types and not key.startswith("agent.") and key in agent_types:
+            set_layer[f"agent.{key}"] = set_layer.pop(key)
+
+    # Unknown keys: stop with the closest known names.
+    known = set(run_types) | {f"agent.{k}" for k in agent_types}
+    for where, layer in layers:
+        for key in layer:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known) + sorted(agent_types), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(
+                    f"unknown setting '{key}' ({where}){hint}. Run settings: {', '.join(sorted(run_types))}; "
+                    f"{algo} settings (as agent.<name>): {', '.join(sorted(agent_types))}"
+                )
+    for key in set_layer:
+        if key.startswith("agent.") and key[6:] in DERIVED_AGENT_FIELDS:
+            raise ConfigError(f"{key} follows the run's {DERIVED_AGENT_FIELDS[key[6:]]}; set that instead")
+
+    dataset_raw, where = _pick(layers, "dataset", RunConfig.dataset)
+    dataset = _coerce(dataset_raw, str, f"dataset ({where})")
+    preset_raw, where = _pick(layers, "preset", None)
+    preset = _default_preset(dataset) if preset_raw is None else _coerce(preset_raw, str, f"preset ({where})")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}' ({where}); choose one of: {', '.join(PRESETS)}")
+    base = dict(PRESETS[preset])
+    agent_base = {k: v for k, v in base.pop("agent").items() if k in agent_types}
+    if base.get("batch_size") is None:
+        base["batch_size"] = int(getattr(cls, "batch_size", 256))
+
+    # The algorithm's per-dataset settings (published tuning), below the user's layers.
+    algo_presets: Mapping[str, Mapping[str, Any]] = getattr(cls, "presets", None) or {}
+    ap_raw, where = _pick(layers, "algo_preset", "auto")
+    ap = _coerce(ap_raw, str, f"algo_preset ({where})")
+    if ap == "auto":
+        ap = dataset_key(dataset) if dataset_key(dataset) in algo_presets else "none"
+    elif ap != "none" and ap not in algo_presets:
+        raise ConfigError(
+            f"algo_preset '{ap}' ({where}): {algo} has per-dataset settings for "
+            f"{', '.join(sorted(algo_presets)) or 'no dataset'}; use auto or none"
+        )
+    if ap != "none":
+        agent_base.update(algo_presets[ap])
+
+    values: dict[str, Any] = {k: getattr(RunConfig, k) for k in run_types}
+    values.update(base)
+    values.update(algo=algo, dataset=dataset, preset=preset, algo_preset=ap)
+    agent_values: dict[str, Any] = dict(agent_base)
+    for where, layer in layers:
+        for key, raw in layer.items():
+            if key in ("algo", "dataset", "preset", "algo_preset"):
+                continue
+            if key.startswith("agent."):
+                name = key[6:]
+                if name in DERIVED_AGENT_FIELDS:
+                    continue  # follows the run's seed / steps
+                agent_values[name] = _coerce(raw, agent_types[name], f"{key} ({where})")
+            else:
+                values[key] = _coerce(raw, run_types[key], f"{key} ({where})")
+
+    validate(RunConfig(**values))
+    if "seed" in agent_types:
+        agent_values["seed"] = values["seed"]
+    if "planned_steps" in agent_types:
+        agent_values["planned_steps"] = values["steps"]
+    try:
+        agent_cfg = cls.Config(**agent_values)
+        if hasattr(agent_cfg, "validate"):
+            agent_cfg.validate()
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{algo} settings: {err}") from err
+    return RunConfig(**values, agent=agent_cfg)
+
+
+def validate(c: RunConfig) -> None:
+    """Range checks with messages that say what to do."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    need(c.steps > 0, f"steps must be a positive number of gradient steps, got {c.steps} (e.g. --steps 10000)")
+    need(c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}")
+    need(c.eval_every >= 0, f"eval_every must be >= 0 (0: evaluate only at the end), got {c.eval_every}")
+    need(c.eval_episodes > 0, f"eval_episodes must be positive, got {c.eval_episodes}")
+    need(c.log_every > 0, f"log_every must be positive, got {c.log_every}")
+    need(c.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0: only at the end), got {c.checkpoint_every}")
+    need(c.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {c.keep_checkpoints}")
+    need(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
+    need(
+        re.fullmatch(r"cpu|cuda(:\d+)?|mps", c.device) is not None,
+        f"device must be cpu, cuda, cuda:N or mps, got '{c.device}'",
+    )
+    if isinstance(c.reward_scale, str):
+        from .data import REWARD_MODES
+
+        need(
+            c.reward_scale in REWARD_MODES,
+            f"reward_scale must be one of {', '.join(REWARD_MODES)} or a number, got '{c.reward_scale}'",
+        )
+
+
+def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    """A saved ``config.yaml`` (as a dict) back into a :class:`RunConfig`, checked like a new one."""
+    return resolve(data=data)

@@ -1,0 +1,126 @@
+"""``export``: a trained policy as one TorchScript file that needs only PyTorch.
+
+The file maps *raw* environment observations to actions: the dataset's state normalisation
+``(obs - mean) / (std + eps)`` and the clip to the action box are built in::
+
+    import torch
+    policy = torch.jit.load("policy.pt")
+    action = policy(torch.as_tensor(obs, dtype=torch.float32))   # (obs_dim,) or (batch, obs_dim)
+
+``metaconstraint.json`` inside the file (``torch.jit.load(path, _extra_files=...)``) records
+the algorithm, dataset, env id, training step and normalisation constants.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .training import LoadedRun, RunError, load_run
+
+__all__ = ["ExportedPolicy", "export_policy", "policy_module"]
+
+
+class ExportedPolicy(nn.Module):
+    """``raw obs -> clip(actor((obs - mean) / denom), low, high)``."""
+
+    def __init__(self, actor: nn.Module, mean: Tensor, denom: Tensor, low: Tensor, high: Tensor):
+        super().__init__()
+        self.actor = actor
+        self.register_buffer("mean", mean)
+        self.register_buffer("denom", denom)
+        self.register_buffer("low", low)
+        self.register_buffer("high", high)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = (obs.to(self.mean.dtype) - self.mean) / self.denom
+        return torch.max(torch.min(self.actor(x), self.high), self.low)
+
+
+def policy_module(agent: Any) -> nn.Module:
+    """The agent's deterministic policy on normalised observations (``export_module()`` or ``actor``)."""
+    make = getattr(agent, "export_module", None)
+    if callable(make):
+        return make()
+    actor = getattr(agent, "actor", None)
+    if not isinstance(actor, nn.Module):
+        raise RunError(f"cannot export {type(agent).__name__}: it has neither export_module() nor an actor network")
+    return actor
+
+
+def _build(run: LoadedRun) -> ExportedPolicy:
+    norm, env = run.normalizer, run.env
+    mean = torch.as_tensor(norm.mean, dtype=torch.float32).clone()
+    denom = torch.as_tensor(norm.std + norm.eps, dtype=torch.float32).clone()
+    if env.get("action_low") is not None:
+        low = torch.tensor(env["action_low"], dtype=torch.float32)
+        high = torch.tensor(env["action_high"], dtype=torch.float32)
+    else:
+        low = torch.full((int(env["act_dim"]),), -float(env["max_action"]))
+        high = -low
+    actor = copy.deepcopy(policy_module(run.agent)).to("cpu").float().eval().requires_grad_(False)
+    return ExportedPolicy(actor, mean, denom, low, high).eval()
+
+
+def export_policy(
+    run_dir: str | Path, out: str | Path, checkpoint: str | Path | int | None = None, check: bool = True
+) -> dict[str, Any]:
+    """Write the run's policy (newest or given checkpoint) to ``out`` as TorchScript.
+
+    With ``check``, the written file is loaded back and must give the agent's actions on
+    random observations. Returns the metadata stored in the file.
+    """
+    run = load_run(run_dir, checkpoint, device="cpu")
+    module = _build(run)
+    example = torch.randn(4, int(run.env["obs_dim"]))
+    with warnings.catch_warnings():  # TorchScript is deprecated in recent torch, but it is what plain torch.jit.load reads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            scripted = torch.jit.script(module)
+        except Exception:  # an actor TorchScript cannot compile: trace it (fixed control flow)
+            scripted = torch.jit.trace(module, example)
+    meta = {
+        "format": "metaconstraint.exported-policy/1",
+        "algo": run.config.algo,
+        "dataset": run.config.dataset,
+        "env_id": run.env.get("env_id"),
+        "step": run.step,
+        "seed": run.config.seed,
+        "obs_dim": int(run.env["obs_dim"]),
+        "act_dim": int(run.env["act_dim"]),
+        "action_low": module.low.tolist(),
+        "action_high": module.high.tolist(),
+        "obs_mean": module.mean.tolist(),
+        "obs_denominator": module.denom.tolist(),
+        "checkpoint": str(run.checkpoint),
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(scripted, str(tmp), _extra_files={"metaconstraint.json": json.dumps(meta)})
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if check:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loaded = torch.jit.load(str(out))
+        obs = torch.as_tensor(run.normalizer.denormalize(torch.randn(64, meta["obs_dim"]).numpy()))
+        with torch.no_grad():
+            want = run.agent.act(run.normalizer(obs)).float()
+            want = torch.max(torch.min(want, module.high), module.low)
+            got = loaded(obs)
+        if not torch.allclose(got, want, atol=1e-6, rtol=1e-5):
+            raise RunError(f"the exported policy in {out} disagrees with the agent (max diff {(got - want).abs().max():.3g})")
+    return meta

@@ -1,0 +1,246 @@
+"""Plots of one run or several: the constraint coefficient (alpha), losses, normalised score vs step.
+
+Runs with the same algorithm and dataset are one group: a group of several seeds is drawn as
+its mean with a +-1 std band over seeds (at the steps all its runs logged), a single run as a
+line (its score band is the std over evaluation episodes). Figures are drawn without pyplot
+(no display needed) and written as PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["RunData", "find_runs", "load_run_data", "plot_run", "plot_runs"]
+
+LOSS_KEYS = (("critic_loss", True), ("actor_loss", False), ("bc_loss", True), ("q_mean", False))
+GREEK = {"alpha": "α", "beta": "β", "beta1": "β₁", "lambda": "λ"}
+
+
+@dataclass
+class RunData:
+    """A run directory's config, metrics rows and summary."""
+
+    path: Path
+    config: dict[str, Any]
+    rows: list[dict[str, float]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def algo(self) -> str:
+        return str(self.config.get("algo", "?"))
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config.get("dataset", "?"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def coef_key(self) -> str:
+        if self.summary.get("coefficient"):
+            return str(self.summary["coefficient"])
+        try:
+            from .config import coefficient_name
+
+            return coefficient_name(self.algo)
+        except Exception:
+            return "alpha"
+
+    @property
+    def label(self) -> str:
+        return f"{self.algo} / {self.dataset}"
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of the rows that have ``key``."""
+        pts = [(r["step"], r[key]) for r in self.rows if key in r and "step" in r]
+        if not pts:
+            return np.zeros(0), np.zeros(0)
+        a = np.asarray(pts, dtype=np.float64)
+        return a[:, 0], a[:, 1]
+
+
+def load_run_data(run_dir: str | Path) -> RunData:
+    import yaml
+
+    from .training import read_metrics
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"'{run_dir}' is not a run directory (no config.yaml)")
+    config = yaml.safe_load(cfg_path.read_text()) or {}
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return RunData(run_dir, config, read_metrics(run_dir), summary)
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories named, or found below the folders named (any depth), sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"'{p}' does not exist")
+        if (p / "config.yaml").is_file():
+            out.append(p)
+        else:
+            found = sorted(c.parent for c in p.rglob("config.yaml") if (c.parent / "metrics.csv").exists())
+            if not found:
+                raise FileNotFoundError(f"no run directories (with config.yaml and metrics.csv) in '{p}'")
+            out.extend(found)
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def _groups(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
+    groups: dict[str, list[RunData]] = {}
+    for r in runs:
+        groups.setdefault(r.label, []).append(r)
+    return groups
+
+
+def _aggregate(runs: Sequence[RunData], key: str, start: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Mean and std over runs at the steps every run has (``start``: a value at step 0 to prepend)."""
+    series = [r.series(key) for r in runs]
+    series = [(s, v) for s, v in series if len(s)]
+    if not series:
+        return None
+    common = set(series[0][0].tolist())
+    for s, _ in series[1:]:
+        common &= set(s.tolist())
+    steps = np.array(sorted(common))
+    if len(steps) == 0:
+        return None
+    vals = np.stack([np.interp(steps, s, v) for s, v in series])  # exact at common steps
+    mean, std = vals.mean(0), vals.std(0)
+    if start is not None:
+        steps, mean, std = np.r_[0.0, steps], np.r_[start, mean], np.r_[0.0, std]
+    return steps, mean, std
+
+
+def _new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (7.0, 4.2)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _draw(ax: Any, groups: dict[str, list[RunData]], key: str, *, log: bool = False, start: bool = False,
+          episode_band: bool = False, colors: dict[str, Any]) -> bool:
+    drew = False
+    for label, runs in groups.items():
+        first = runs[0]
+        start_val = None
+        if start:
+            vals = [r.summary.get("coef_start") for r in runs]
+            start_val = float(np.mean(vals)) if vals and all(v is not None for v in vals) else None
+        agg = _aggregate(runs, key, start_val)
+        if agg is None:
+            continue
+        steps, mean, std = agg
+        n = len(runs)
+        name = f"{label} (mean ± std, {n} seeds)" if n > 1 else f"{label} (seed {first.seed})"
+        color = colors[label]
+        ax.plot(steps, mean, color=color, label=name, lw=1.6)
+        band = std
+        if n == 1 and episode_band:
+            s_steps, s_std = first.series(key + "_std")
+            if len(s_steps) == len(steps):
+                band = s_std
+        if n > 1 or episode_band:
+            ax.fill_between(steps, mean - band, mean + band, color=color, alpha=0.2, lw=0)
+        drew = True
+    if log and drew:
+        ymin = min((r.series(key)[1].min() for rs in groups.values() for r in rs if len(r.series(key)[1])), default=1.0)
+        if ymin > 0:
+            ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("gradient step")
+    return drew
+
+
+def _coef_label(key: str) -> str:
+    return f"{GREEK.get(key, key)} ({key})" if key in GREEK else key
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str = "") -> list[Path]:
+    """Draw ``alpha.png``, ``score.png``, ``losses.png`` and ``overview.png`` into ``out_dir``."""
+    runs = [load_run_data(p) for p in run_dirs]
+    if not runs:
+        raise ValueError("no runs to plot")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = _groups(runs)
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
+    colors = {label: palette[i % len(palette)] for i, label in enumerate(groups)}
+    coef_keys = sorted({r.coef_key for r in runs})
+    coef_key = coef_keys[0] if len(coef_keys) == 1 else None
+    written: list[Path] = []
+
+    def save(fig: Any, name: str) -> None:
+        path = out / f"{prefix}{name}.png"
+        fig.tight_layout()
+        fig.savefig(path)
+        written.append(path)
+
+    def coef_panel(ax: Any) -> None:
+        drew = False
+        for key in coef_keys:
+            sub = {k: [r for r in v if r.coef_key == key] for k, v in groups.items()}
+            sub = {k: v for k, v in sub.items() if v}
+            drew |= _draw(ax, sub, key, start=True, colors=colors)
+        ax.set_ylabel(_coef_label(coef_key) if coef_key else "constraint coefficient")
+        ax.set_title(f"constraint strength {GREEK.get(coef_key, coef_key) if coef_key else ''} vs step")
+        if drew:
+            ax.legend(fontsize=8)
+
+    def score_panel(ax: Any) -> None:
+        has_score = any(len(r.series("eval_score")[0]) for r in runs)
+        key = "eval_score" if has_score else "eval_return"
+        drew = _draw(ax, groups, key, episode_band=True, colors=colors)
+        ax.set_ylabel("normalised score" if has_score else "return (no reference scores)")
+        ax.set_title("evaluation: normalised score vs step" if has_score else "evaluation: return vs step")
+        if drew:
+            for s, v in (r.series(key) for r in runs):
+                ax.plot(s, v, ".", color="k", ms=2, alpha=0.25)
+            ax.legend(fontsize=8)
+
+    fig, axes = _new_figure()
+    coef_panel(axes[0][0])
+    save(fig, "alpha")
+
+    fig, axes = _new_figure()
+    score_panel(axes[0][0])
+    save(fig, "score")
+
+    fig, axes = _new_figure(2, 2, (6.0, 3.6))
+    for ax, (key, log) in zip(axes.flat, LOSS_KEYS):
+        if _draw(ax, groups, key, log=log, colors=colors):
+            ax.legend(fontsize=7)
+        ax.set_title(key + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    save(fig, "losses")
+
+    fig, axes = _new_figure(3, 1, (5.2, 3.8))
+    score_panel(axes[0][0])
+    coef_panel(axes[0][1])
+    ax = axes[0][2]
+    if _draw(ax, groups, "q_mean", colors=colors):
+        ax.legend(fontsize=8)
+    ax.set_title("critic: mean Q(s, π(s))")
+    save(fig, "overview")
+    return written
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """The plots of one run, into ``run_dir/plots`` by default."""
+    run_dir = Path(run_dir)
+    return plot_runs([run_dir], out_dir if out_dir is not None else run_dir / "plots")

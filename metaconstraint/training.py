@@ -1,0 +1,889 @@
+"""The training loop: logging, evaluation schedule, checkpoints, exact resume, signals, divergence guard.
+
+Run directory::
+
+    config.yaml          the fully resolved RunConfig (re-runnable with --config)
+    metrics.csv          one row per logged step (means over the interval; eval columns at eval steps)
+    metrics.jsonl        the same rows as JSON lines (plus any quantity not in the CSV header)
+    checkpoints/         step_00001000.pt ... (the last ``keep_checkpoints``), written atomically
+    plots/*.png          alpha, losses, score, overview
+    summary.json         status, final/best score, alpha trajectory, wall time
+    tensorboard/         only when the ``tensorboard`` package is installed
+
+Checkpoints hold only tensors, numbers, strings and containers of them, so they load with
+``torch.load(weights_only=True)``; nothing in a checkpoint file can run code. A resumed run
+continues the agent, the sampler's batch stream, the interval accumulators, the counters and
+every RNG, so on CPU an interrupted-and-resumed run ends bit for bit where an uninterrupted one
+does.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import pickle
+import random
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import ConfigError, RunConfig, coefficient_name, dump_yaml, load_yaml, run_config_from_dict
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "LoadedRun",
+    "RunError",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_run",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "metaconstraint.checkpoint/1"
+_CKPT_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue; the message says what to do."""
+
+
+class CheckpointError(RunError):
+    """A checkpoint file is missing, damaged, or holds something other than plain data."""
+
+
+class TrainingDiverged(RunError):
+    """A logged quantity became NaN/Inf; the message names it and the step."""
+
+    def __init__(self, message: str, quantity: str, step: int, value: float):
+        super().__init__(message)
+        self.quantity, self.step, self.value = quantity, step, value
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    A crash (or exception) during the write leaves any earlier file at ``path`` untouched and
+    no half-written checkpoint under a checkpoint name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: plain data only, no code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        found = [ln.strip() for ln in text.splitlines() if "Unsupported global" in ln or "GLOBAL" in ln]
+        if not found:
+            raise CheckpointError(f"cannot read checkpoint '{path}' (damaged or not a checkpoint): {_last_line(text)}") from err
+        raise CheckpointError(
+            f"refusing to load '{path}': it holds objects other than tensors, numbers and strings "
+            f"({found[0]}), and loading it could run code from the file. Only load checkpoints written by "
+            "metaconstraint that you trust."
+        ) from err
+    except Exception as err:  # truncated zip, wrong magic number, ...
+        raise CheckpointError(f"cannot read checkpoint '{path}' (damaged or not a checkpoint): {err}") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"'{path}' is not a metaconstraint training checkpoint (format {found!r})")
+    return state
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Check the documentation")]
+    return lines[-1] if lines else text
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the run's checkpoints, oldest first (temporary files ignored)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.iterdir():
+        m = _CKPT_NAME.match(p.name)
+        if m and p.is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "python": _py_random_state(),
+    }
+
+
+def _py_random_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- metrics files
+EVAL_COLUMNS = ("eval_score", "eval_score_std", "eval_return", "eval_return_std")
+
+
+class MetricsLog:
+    """``metrics.csv`` + ``metrics.jsonl`` (+ TensorBoard when installed), one row per logged step."""
+
+    def __init__(self, run_dir: Path, metric_names: Iterable[str], tensorboard: bool = True):
+        self.run_dir = run_dir
+        self.columns = ["step", "wall_s", "steps_per_s", *metric_names, *EVAL_COLUMNS]
+        self.csv_path = run_dir / "metrics.csv"
+        self.jsonl_path = run_dir / "metrics.jsonl"
+        self._csv = self._jsonl = None
+        self._writer: Any = None
+        self._tb: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # not installed: optional
+                self._tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows past ``step`` (a resumed run rewrites them) and adopt the file's header."""
+        if self.csv_path.exists():
+            with open(self.csv_path, newline="") as f:
+                reader = csv.DictReader(f)
+                header = list(reader.fieldnames or [])
+                rows = [r for r in reader if r.get("step") and int(r["step"]) <= step]
+            if header:
+                extra = [c for c in self.columns if c not in header]
+                self.columns = header + extra
+            buf = _csv_text(self.columns, rows)
+            _atomic_write_text(self.csv_path, buf)
+        if self.jsonl_path.exists():
+            keep = []
+            for line in self.jsonl_path.read_text().splitlines():
+                if line.strip() and json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            _atomic_write_text(self.jsonl_path, "".join(k + "\n" for k in keep))
+
+    def _open(self) -> None:
+        if self._csv is not None:
+            return
+        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        self._csv = open(self.csv_path, "a", newline="")
+        self._writer = csv.DictWriter(self._csv, fieldnames=self.columns, extrasaction="ignore")
+        if new:
+            self._writer.writeheader()
+        self._jsonl = open(self.jsonl_path, "a")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._open()
+        self._writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in self.columns})
+        self._jsonl.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
+        self._csv.flush()
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    self._tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        for f in (self._csv, self._jsonl):
+            if f is not None:
+                f.close()
+        self._csv = self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in columns})
+    return buf.getvalue()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    """``metrics.csv`` as a list of rows with float values (missing values left out)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append({k: float(v) for k, v in r.items() if v not in ("", None)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- the trainer
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.train` ended with."""
+
+    status: str  # finished | interrupted | stopped | diverged
+    step: int
+    run_dir: Path
+    summary: dict[str, Any]
+    signal: int | None = None
+    checkpoint: Path | None = None
+
+
+@dataclass
+class _Env:
+    """What eval and export need to know about the dataset's environment (kept in checkpoints)."""
+
+    obs_dim: int
+    act_dim: int
+    max_action: float
+    env_id: str | None
+    env_spec_json: str | None
+    ref_min_score: float | None
+    ref_max_score: float | None
+    action_low: list[float] | None
+    action_high: list[float] | None
+    dataset_source: str
+    dataset_size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _progress_default() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except Exception:
+        return False
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+    """``runs/<algo>-<dataset>-seed<seed>-<YYYYmmdd-HHMMSS>``."""
+    from .config import dataset_key
+
+    slug = re.sub(r"[^\w.-]+", "_", dataset_key(config.dataset)) or "data"
+    return Path(root) / f"{config.algo}-{slug}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class Trainer:
+    """Trains one agent on one dataset into a run directory.
+
+    ``Trainer(config, run_dir).train()`` starts a new run; ``Trainer.resume(run_dir).train()``
+    continues one from its newest checkpoint. ``progress``: a tqdm bar (default: only when
+    stderr is a terminal); ``echo``: where status lines go (``None``: nowhere).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        *,
+        progress: bool | None = None,
+        echo: Callable[[str], None] | None = print,
+        plots: bool = True,
+        tensorboard: bool = True,
+    ):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = _progress_default() if progress is None else progress
+        self._echo = echo
+        self.make_plots = plots
+        self.tensorboard = tensorboard
+        self.coef_key = coefficient_name(config.algo)
+        self.step = 0
+        self.wall_s = 0.0
+        self.evals: list[dict[str, Any]] = []  # step, score, return per evaluation
+        self.coef_trace: dict[str, Any] = {}
+        self._acc: dict[str, list[Any]] = {}  # name -> [sum tensor, count]
+        self._last_row_step = 0
+        self._last_row_wall = 0.0
+        self._resumed_from: Path | None = None
+        self._stop_signal: int | None = None
+        self._ready = False
+
+    # -------------------------------------------------------------- building
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, device: str | None = None, checkpoint: str | Path | None = None, **kw: Any) -> "Trainer":
+        """A trainer that continues the run in ``run_dir`` from its newest (or the given) checkpoint."""
+        run_dir = Path(run_dir)
+        cfg_path = run_dir / "config.yaml"
+        if not cfg_path.is_file():
+            raise RunError(f"'{run_dir}' is not a run directory (no config.yaml); nothing to resume")
+        data = load_yaml(cfg_path)
+        if device is not None:
+            data["device"] = device
+        config = run_config_from_dict(data)
+        ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise RunError(
+                f"'{run_dir}' has no checkpoint to resume from (checkpoints/ is empty); start it again with "
+                f"metaconstraint train --config {cfg_path} --run-dir NEW_DIR"
+            )
+        trainer = cls(config, run_dir, **kw)
+        trainer._resumed_from = ckpt
+        return trainer
+
+    def echo(self, text: str) -> None:
+        if self._echo is None:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            self._echo(text)
+
+    _bar: Any = None
+
+    def _check_device(self) -> torch.device:
+        dev = torch.device(self.config.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device '{self.config.device}' requested but CUDA is not available here; use --device cpu")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"device '{self.config.device}' requested but MPS is not available here; use --device cpu")
+        return dev
+
+    def setup(self) -> None:
+        """Check the device and the algorithm settings, load the data, build sampler and agent."""
+        if self._ready:
+            return
+        from . import algos
+        from .data import ObsNormalizer, load
+        from .data.sampler import Sampler
+
+        c = self.config
+        self.device = self._check_device()
+        # Build a throwaway agent on a 1-d problem first: bad algorithm settings fail before the data loads.
+        try:
+            algos.make(c.algo, 1, 1, 1.0, device="cpu", config=dataclasses.replace(c.agent))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{c.algo} settings: {err}") from err
+        t0 = time.perf_counter()
+        data = load(c.dataset)
+        self.data = data
+        self.normalizer = ObsNormalizer.from_transitions(data) if c.normalize_obs else ObsNormalizer.identity(data.obs_dim)
+        sampler_seed = int(np.random.SeedSequence([c.seed, 0x5A4D]).generate_state(1)[0])
+        self.sampler = Sampler(data, c.batch_size, self.device, self.normalizer, c.reward_scale, seed=sampler_seed)
+        self.agent = algos.make(
+            c.algo, data.obs_dim, data.act_dim, data.max_action, device=self.device, config=dataclasses.replace(c.agent)
+        )
+        spec_json = None
+        if data.env_spec is not None:
+            try:
+                spec_json = data.env_spec.to_json()
+            except Exception:
+                spec_json = None
+        self.env = _Env(
+            obs_dim=data.obs_dim,
+            act_dim=data.act_dim,
+            max_action=float(data.max_action),
+            env_id=data.env_id,
+            env_spec_json=spec_json,
+            ref_min_score=data.ref_min_score,
+            ref_max_score=data.ref_max_score,
+            action_low=None if data.action_low is None else [float(x) for x in data.action_low],
+            action_high=None if data.action_high is None else [float(x) for x in data.action_high],
+            dataset_source=str(data.source),
+            dataset_size=len(data),
+        )
+        self.load_s = time.perf_counter() - t0
+        self.coef_start = _coefficient_value(self.agent)
+        self._ready = True
+
+    # -------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (plain data: ``weights_only`` loadable)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "algo": self.config.algo,
+            "config": self.config.to_dict(),
+            "env": self.env.as_dict(),
+            "agent": self.agent.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "rng": _rng_state(),
+            "trainer": {
+                "wall_s": float(self.wall_s),
+                "acc": {k: [v[0].detach().clone(), int(v[1])] for k, v in self._acc.items()},
+                "evals": list(self.evals),
+                "coef_start": self.coef_start,
+                "coef_trace": dict(self.coef_trace),
+                "last_row_step": self._last_row_step,
+                "last_row_wall": float(self._last_row_wall),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = dict(state["config"])
+        ours = self.config.to_dict()
+        saved.pop("device", None)
+        ours.pop("device", None)
+        if saved != ours:
+            diff = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+            raise RunError(
+                f"config.yaml differs from the checkpoint's config in {diff}; a resumed run keeps the settings it "
+                "started with (restore config.yaml, or start a new run with --config)"
+            )
+        self.agent.load_state_dict(state["agent"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        _set_rng_state(state["rng"])
+        t = state["trainer"]
+        self.step = int(state["step"])
+        self.wall_s = float(t["wall_s"])
+        self._acc = {k: [v[0].to(self.device), int(v[1])] for k, v in t["acc"].items()}
+        self.evals = list(t["evals"])
+        self.coef_start = t["coef_start"]
+        self.coef_trace = dict(t["coef_trace"])
+        self._last_row_step = int(t["last_row_step"])
+        self._last_row_wall = float(t["last_row_wall"])
+
+    def save(self) -> Path:
+        """Checkpoint the current step and keep only the newest ``keep_checkpoints`` files."""
+        path = save_checkpoint(self.state_dict(), checkpoint_path(self.run_dir, self.step))
+        for _, old in list_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        self.last_checkpoint = path
+        return path
+
+    last_checkpoint: Path | None = None
+
+    # -------------------------------------------------------------- signals
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:  # a second signal: stop now
+                for s, h in old.items():
+                    signal.signal(s, h)
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.echo(
+                f"\n{signal.Signals(signum).name} received: finishing the current update and writing a checkpoint "
+                "(send it again to abort without one)"
+            )
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, handler)
+        return old
+
+    # -------------------------------------------------------------- the loop
+    def train(self, stop_after: int | None = None) -> TrainResult:
+        """Train to ``config.steps`` (or stop, checkpointed, after ``stop_after`` total steps)."""
+        c = self.config
+        self._check_run_dir()
+        self.setup()  # a bad setting or dataset fails here, before anything is written
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        metric_names = list(getattr(self.agent, "metric_names", ()) or ())
+        self.metrics = MetricsLog(self.run_dir, metric_names, tensorboard=self.tensorboard)
+        if self._resumed_from is not None:
+            state = load_checkpoint(self._resumed_from, map_location=self.device)
+            self.load_state_dict(state)
+            self.metrics.truncate_after(self.step)
+            self.echo(f"resuming {self.run_dir} from step {self.step} ({self._resumed_from.name})")
+            if self.step >= c.steps:
+                self.echo(f"the run already finished at step {self.step}; nothing to do")
+                summary = self._write_summary("finished")
+                self.metrics.close()
+                return TrainResult("finished", self.step, self.run_dir, summary, checkpoint=self._resumed_from)
+        else:
+            dump_yaml(c, self.run_dir / "config.yaml")
+            self.echo(
+                f"training {c.algo} on {c.dataset} ({self.env.dataset_size} transitions, env {self.env.env_id}) for "
+                f"{c.steps} steps, preset {c.preset}, device {self.device}; run directory {self.run_dir}"
+            )
+        if stop_after is not None and stop_after <= self.step:
+            raise ConfigError(f"--stop-after {stop_after} is not past the current step {self.step}")
+        end = c.steps if stop_after is None else min(c.steps, stop_after)
+
+        from tqdm.auto import tqdm
+
+        old_handlers = self._install_signals()
+        self._bar = tqdm(
+            total=c.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, mininterval=0.5,
+            desc=f"{c.algo}", unit="step", file=sys.stderr,
+        )
+        status = "finished"
+        session_start = time.perf_counter()
+        wall_base = self.wall_s
+        try:
+            agent, sampler = self.agent, self.sampler
+            while self.step < end:
+                batch = sampler.sample()
+                step = self.step + 1
+                try:
+                    logs = agent.update(batch)
+                except FloatingPointError as err:
+                    self.step = step
+                    name, value, detail = _parse_agent_error(str(err))
+                    raise self._diverged(name, step, value, detail) from err
+                self.step = step
+                self._guard(logs, step)
+                self._accumulate(logs)
+                self._bar.update(1)
+                self.wall_s = wall_base + time.perf_counter() - session_start
+                is_eval = step == c.steps or (c.eval_every > 0 and step % c.eval_every == 0)
+                if is_eval or step % c.log_every == 0 or step == end:
+                    self._log_row(step, evaluate=is_eval)
+                    self.wall_s = wall_base + time.perf_counter() - session_start
+                due = c.checkpoint_every > 0 and step % c.checkpoint_every == 0
+                stopping = self._stop_signal is not None or step == end
+                if due or stopping:
+                    self.save()
+                if self._stop_signal is not None:
+                    status = "interrupted"
+                    break
+            if status == "finished" and self.step < c.steps:
+                status = "stopped"
+        except TrainingDiverged:
+            self.wall_s = wall_base + time.perf_counter() - session_start
+            self._bar.close()
+            self._bar = None
+            self.metrics.close()
+            self._finish_outputs("diverged")
+            raise
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            self.metrics.close()
+        summary = self._finish_outputs(status)
+        return TrainResult(status, self.step, self.run_dir, summary, signal=self._stop_signal, checkpoint=self.last_checkpoint)
+
+    def _check_run_dir(self) -> None:
+        if self._resumed_from is None:
+            if (self.run_dir / "config.yaml").exists() or list_checkpoints(self.run_dir):
+                raise RunError(
+                    f"'{self.run_dir}' already holds a run; continue it with `metaconstraint train --resume "
+                    f"{self.run_dir}` or choose another --run-dir"
+                )
+
+    # -------------------------------------------------------------- per step
+    def _guard(self, logs: dict[str, Tensor], step: int) -> None:
+        """Stop at the first NaN/Inf logged quantity (one check per step, no float conversions)."""
+        if not logs:
+            return
+        values = list(logs.values())
+        if bool(torch.isfinite(torch.stack([v.detach().reshape(()).float() for v in values])).all()):
+            return
+        for name, v in logs.items():
+            if not bool(torch.isfinite(v).all()):
+                raise self._diverged(name, step, float(v))
+
+    def _diverged(self, name: str, step: int, value: float, detail: str | None = None) -> TrainingDiverged:
+        last = self.last_checkpoint or latest_checkpoint(self.run_dir)
+        where = (
+            f"the last good checkpoint is {last} (written before the divergence, left intact)"
+            if last is not None
+            else "no checkpoint was written before it"
+        )
+        msg = (
+            f"training diverged: {name} is {value} at step {step}"
+            + (f" ({detail})" if detail else "")
+            + f"; {where}. Lower the learning rates or check the dataset's rewards, then start a new run."
+        )
+        self.diverged_info = {"quantity": name, "step": step, "value": value, "message": msg}
+        return TrainingDiverged(msg, name, step, value)
+
+    diverged_info: dict[str, Any] | None = None
+
+    def _accumulate(self, logs: dict[str, Tensor]) -> None:
+        acc = self._acc
+        for k, v in logs.items():
+            slot = acc.get(k)
+            if slot is None:
+                acc[k] = [v.detach().clone(), 1]
+            else:
+                slot[0] = slot[0] + v.detach()
+                slot[1] += 1
+
+    def _log_row(self, step: int, evaluate: bool) -> None:
+        """Means over the interval (floats now, not before), an evaluation if due, one row written."""
+        row: dict[str, Any] = {"step": step, "wall_s": round(self.wall_s, 3)}
+        dt = self.wall_s - self._last_row_wall
+        row["steps_per_s"] = round((step - self._last_row_step) / dt, 2) if dt > 0 else None
+        for k, (total, n) in self._acc.items():
+            row[k] = float(total) / n
+        self._acc = {}
+        if self.coef_key in row:
+            self._trace_coef(step, row[self.coef_key])
+        if evaluate:
+            row.update(self._evaluate(step))
+        self.metrics.write(row)
+        self._last_row_step, self._last_row_wall = step, self.wall_s
+        post = {}
+        if self.coef_key in row:
+            post[self.coef_key] = f"{row[self.coef_key]:.3g}"
+        if "q_mean" in row:
+            post["Q"] = f"{row['q_mean']:.3g}"
+        if self.evals:
+            last = self.evals[-1]
+            post["score"] = f"{last['score']:.1f}" if last.get("score") is not None else f"R {last['return']:.1f}"
+        if self._bar is not None and post:
+            self._bar.set_postfix(post, refresh=False)
+
+    def _trace_coef(self, step: int, value: float) -> None:
+        t = self.coef_trace
+        if not t:
+            t.update(min=value, min_step=step, max=value, max_step=step)
+        if value < t["min"]:
+            t["min"], t["min_step"] = value, step
+        if value > t["max"]:
+            t["max"], t["max_step"] = value, step
+        t["last"], t["last_step"] = value, step
+
+    def evaluate(self, episodes: int | None = None, seed: int | None = None) -> dict[str, Any]:
+        """Roll the current policy out in the dataset's env (``evaluation.evaluate``)."""
+        from .evaluation import evaluate
+
+        c = self.config
+        n = c.eval_episodes if episodes is None else episodes
+        ref = (self.env.ref_min_score, self.env.ref_max_score) if self.env.ref_min_score is not None else None
+        return evaluate(
+            self.agent, self.data, episodes=n, seed=c.resolved_eval_seed() if seed is None else seed,
+            normalizer=self.normalizer, n_envs=min(10, n), ref=ref, device=self.device,
+        )
+
+    def _evaluate(self, step: int) -> dict[str, Any]:
+        res = self.evaluate()
+        entry = {"step": step, "score": res["score_mean"], "score_std": res["score_std"], "return": res["return_mean"],
+                 "return_std": res["return_std"]}
+        self.evals.append(entry)
+        coef = self.coef_trace.get("last")
+        score = f"score {res['score_mean']:.1f} ± {res['score_std']:.1f}  " if res["score_mean"] is not None else ""
+        self.echo(
+            f"step {step}/{self.config.steps}  {score}return {res['return_mean']:.1f}"
+            + (f"  {self.coef_key} {coef:.3g}" if coef is not None else "")
+            + f"  ({_fmt_duration(self.wall_s)})"
+        )
+        return {
+            "eval_score": res["score_mean"],
+            "eval_score_std": res["score_std"],
+            "eval_return": res["return_mean"],
+            "eval_return_std": res["return_std"],
+        }
+
+    # -------------------------------------------------------------- outputs
+    def _finish_outputs(self, status: str) -> dict[str, Any]:
+        plots: list[str] = []
+        self._write_summary(status)  # the plots read the coefficient's start from it
+        if self.make_plots:
+            try:
+                from .plotting import plot_run
+
+                plots = [str(p) for p in plot_run(self.run_dir)]
+            except Exception as err:  # a plotting problem must not lose the run's results
+                self.echo(f"warning: could not draw the plots: {type(err).__name__}: {err}")
+        return self._write_summary(status, plots)
+
+    def _write_summary(self, status: str, plots: list[str] | None = None) -> dict[str, Any]:
+        c = self.config
+        final = self.evals[-1] if self.evals else None
+        scored = [e for e in self.evals if e.get("score") is not None]
+        best = max(scored, key=lambda e: e["score"]) if scored else None
+        coef_end = _coefficient_value(self.agent)
+        trace = self.coef_trace
+        # (value, step) candidates: the start, the logged interval means' extremes, the exact end value
+        points = [(v, st) for v, st in ((self.coef_start, 0), (trace.get("min"), trace.get("min_step")),
+                                        (trace.get("max"), trace.get("max_step")), (coef_end, self.step)) if v is not None]
+        lo = min(points, key=lambda p: p[0]) if points else (None, None)
+        hi = max(points, key=lambda p: p[0]) if points else (None, None)
+        summary = {
+            "status": status,
+            "algo": c.algo,
+            "dataset": c.dataset,
+            "env_id": self.env.env_id,
+            "seed": c.seed,
+            "steps": c.steps,
+            "step": self.step,
+            "final_score": None if final is None else final.get("score"),
+            "final_score_std": None if final is None else final.get("score_std"),
+            "final_return": None if final is None else final.get("return"),
+            "final_eval_step": None if final is None else final["step"],
+            "best_score": None if best is None else best["score"],
+            "best_score_step": None if best is None else best["step"],
+            "coefficient": self.coef_key,
+            "coef_start": self.coef_start,
+            "coef_min": lo[0],
+            "coef_max": hi[0],
+            "coef_min_step": lo[1],
+            "coef_max_step": hi[1],
+            "coef_end": coef_end,
+            "wall_s": round(self.wall_s, 2),
+            "steps_per_s": round(self.step / self.wall_s, 2) if self.wall_s > 0 else None,
+            "data_load_s": round(getattr(self, "load_s", 0.0), 2),
+            "checkpoint": None if latest_checkpoint(self.run_dir) is None else str(latest_checkpoint(self.run_dir)),
+            "plots": plots or [],
+            "evals": self.evals,
+        }
+        if self.diverged_info is not None:
+            summary["error"] = self.diverged_info
+        _atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _coefficient_value(agent: Any) -> float | None:
+    con = getattr(agent, "constraint", None)
+    if con is not None and hasattr(con, "value"):
+        try:
+            return float(con.value())
+        except Exception:
+            pass
+    return None
+
+
+def _parse_agent_error(text: str) -> tuple[str, float, str | None]:
+    """``("critic loss", inf, "the batch is finite, ...")`` from an agent's FloatingPointError message."""
+    m = re.match(r"\s*(.+?) is (nan|inf|-inf)\b[^:]*:?\s*(.*)", text, re.S)
+    if not m:
+        return "a loss", float("nan"), text
+    return m.group(1), float(m.group(2)), (m.group(3).strip() or None)
+
+
+# ----------------------------------------------------------------------------- loading a run
+@dataclass
+class LoadedRun:
+    """An agent restored from a run directory, with what it needs to act in its env."""
+
+    run_dir: Path
+    checkpoint: Path
+    config: RunConfig
+    agent: Any
+    normalizer: Any
+    env: dict[str, Any]
+    step: int
+    state: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def env_target(self) -> Any:
+        """What ``evaluation.evaluate`` should build: the dataset's EnvSpec if known, else its id."""
+        spec = self.env.get("env_spec_json")
+        if spec:
+            try:
+                from gymnasium.envs.registration import EnvSpec
+
+                return EnvSpec.from_json(spec)
+            except Exception:
+                pass
+        if not self.env.get("env_id"):
+            raise RunError(f"the run in {self.run_dir} does not know its environment (the dataset named none)")
+        return self.env["env_id"]
+
+    def reference(self) -> tuple[float, float] | None:
+        lo, hi = self.env.get("ref_min_score"), self.env.get("ref_max_score")
+        return None if lo is None or hi is None else (float(lo), float(hi))
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | int | None = None, device: str = "cpu") -> LoadedRun:
+    """The agent of ``run_dir`` at its newest checkpoint, or at ``checkpoint`` (a path or a step)."""
+    from . import algos
+    from .data import ObsNormalizer
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory '{run_dir}' does not exist")
+    if checkpoint is None:
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise RunError(f"'{run_dir}' has no checkpoints (checkpoints/step_*.pt); train it first")
+    elif isinstance(checkpoint, int) or (isinstance(checkpoint, str) and checkpoint.isdigit()):
+        path = checkpoint_path(run_dir, int(checkpoint))
+        if not path.is_file():
+            have = [s for s, _ in list_checkpoints(run_dir)]
+            raise RunError(f"'{run_dir}' has no checkpoint for step {int(checkpoint)}; it has steps {have}")
+    else:
+        path = Path(checkpoint)
+    state = load_checkpoint(path, map_location=device)
+    config = run_config_from_dict(state["config"])
+    env = state["env"]
+    agent = algos.make(
+        config.algo, int(env["obs_dim"]), int(env["act_dim"]), float(env["max_action"]), device=device,
+        config=dataclasses.replace(config.agent),
+    )
+    agent.load_state_dict(state["agent"])
+    normalizer = ObsNormalizer.from_state_dict(state["normalizer"])
+    return LoadedRun(run_dir, path, config, agent, normalizer, env, int(state["step"]), state)

@@ -1,0 +1,287 @@
+"""The command line and the run config: overrides, errors, report, plot, eval and export."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from metaconstraint import cli
+from metaconstraint.config import ConfigError, dump_yaml, parse_overrides, resolve
+from metaconstraint.training import load_run
+from tests.test_training import TINY_SETS, write_tiny_npz
+
+
+def main(argv, capsys):
+    """Run the CLI in-process; returns (exit status, stdout, stderr)."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory) -> Path:
+    return write_tiny_npz(tmp_path_factory.mktemp("data") / "pendulum_tiny.npz")
+
+
+def tiny_train_args(dataset: Path, run_dir: Path, algo: str = "aspc", seed: int = 0, steps: int = 200):
+    sets = [s for s in TINY_SETS if not (algo != "aspc" and s.startswith("agent.alpha_every"))]
+    return ["train", "--algo", algo, "--dataset", dataset, "--steps", steps, "--eval-every", 0, "--seed", seed,
+            "--run-dir", run_dir, "--quiet", "--set", *sets]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_npz, tmp_path_factory):
+    """Three tiny finished runs: aspc seeds 0 and 1, td3bc seed 0."""
+    root = tmp_path_factory.mktemp("runs")
+    made = {}
+    for algo, seed in (("aspc", 0), ("aspc", 1), ("td3bc", 0)):
+        d = root / f"{algo}-s{seed}"
+        assert cli.main([str(a) for a in tiny_train_args(tiny_npz, d, algo, seed)]) == 0
+        made[(algo, seed)] = d
+    return root, made
+
+
+# -- config overrides ---------------------------------------------------------------------------------
+
+
+def test_override_values_are_parsed_by_the_fields_type():
+    c = resolve(sets=["steps=1e4", "agent.alpha_every=5", "alpha_lr=1e-3", "actor_hidden=[32, 48]",
+                      "critic_width=32", "normalize_obs=false", "reward_scale=0.5", "eval_seed=null", "terms=L1+L2"])
+    assert c.steps == 10_000 and isinstance(c.steps, int)
+    assert c.agent.alpha_every == 5 and c.agent.alpha_lr == 1e-3 and c.agent.terms == "L1+L2"
+    assert c.agent.actor_hidden == (32, 48) and c.agent.critic_width == 32
+    assert c.normalize_obs is False and c.reward_scale == 0.5 and c.eval_seed is None
+    assert c.agent.planned_steps == 10_000 and c.agent.seed == c.seed  # derived from the run
+    assert resolve(sets=["actor_hidden=24,24"]).agent.actor_hidden == (24, 24)
+    assert resolve(sets=["reward_scale=locomotion"]).reward_scale == "locomotion"
+
+
+def test_layers_file_then_flags_then_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("algo: td3bc\nsteps: 100\nseed: 4\nagent:\n  alpha: 1.5\n  actor_lr: 0.001\n")
+    c = resolve(file=f, flags={"steps": 200, "seed": None}, sets=["agent.alpha=3"])
+    assert (c.algo, c.steps, c.seed) == ("td3bc", 200, 4)
+    assert c.agent.alpha == 3.0 and c.agent.actor_lr == 1e-3
+    assert c.preset == "quick" and c.agent.critic_width == 64  # the built-in dataset's default preset
+    paper = resolve(flags={"dataset": "somewhere/hopper-medium-v2.hdf5"})
+    assert paper.preset == "paper" and paper.steps == 1_000_000 and paper.agent.critic_width == 256
+
+
+def test_a_saved_config_resolves_to_itself(tmp_path):
+    c = resolve(flags={"algo": "aspc", "steps": 1234, "seed": 2}, sets=["agent.alpha_every=3", "batch_size=32"])
+    path = tmp_path / "config.yaml"
+    dump_yaml(c, path)
+    again = resolve(file=path)
+    assert again == c and again.to_dict() == c.to_dict()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sets=["alpa=3"]), r"unknown setting 'alpa' \(--set\); did you mean alpha"),
+        (dict(sets=["steps=abc"]), r"steps \(--set\) takes an integer, got 'abc'"),
+        (dict(sets=["agent.alpha=yes"]), r"agent.alpha \(--set\) takes a number, got True"),
+        (dict(sets=["actor_hidden=a,b"]), r"takes an integer, got 'a'"),
+        (dict(sets=["normalize_obs=maybe"]), r"takes true/false"),
+        (dict(sets=["steps"]), r"--set expects key=value"),
+        (dict(sets=["agent.seed=3"]), r"agent.seed follows the run's --seed"),
+        (dict(sets=["planned_steps=3"]), r"agent.planned_steps follows the run's --steps"),
+        (dict(flags={"steps": -5}), r"steps must be a positive number"),
+        (dict(flags={"algo": "aspx"}), r"unknown algorithm 'aspx' \(did you mean 'aspc'\?\)"),
+        (dict(flags={"preset": "huge"}), r"unknown preset 'huge'"),
+        (dict(sets=["device=gpu"]), r"device must be cpu, cuda"),
+        (dict(sets=["reward_scale=lots"]), r"reward_scale must be one of none, locomotion, antmaze"),
+        (dict(sets=["agent.tau=2"]), r"aspc settings: tau must lie in \(0, 1\]"),
+    ],
+)
+def test_bad_settings_say_what_is_wrong(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(**kwargs)
+
+
+def test_unknown_key_in_a_config_file_names_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("steps: 10\nagent:\n  alpah: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'agent.alpah' \(config file .*bad.yaml\)"):
+        resolve(file=f)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve(file=tmp_path / "missing.yaml")
+
+
+def test_parse_overrides_keeps_text_after_the_first_equals():
+    assert parse_overrides(["dataset=a=b.npz", " steps = 5 "]) == {"dataset": "a=b.npz", "steps": "5"}
+
+
+# -- CLI errors and help --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--steps", "-5"], r"--steps: must be a positive integer, got -5"),
+        (["train", "--steps", "many"], r"--steps: expected a positive integer, got 'many'"),
+        (["train", "--algo", "aspx"], r"unknown algorithm 'aspx' \(did you mean 'aspc'\?\); choose one of: .*td3bc"),
+        (["train", "--set", "alpa=3"], r"error: unknown setting 'alpa'"),
+        (["train", "--dataset", "no/such/dataset-v0", "--quiet"], r"error: no dataset 'no/such/dataset-v0'"),
+        (["train", "--dataset", "missing.npz", "--quiet"], r"error: dataset file 'missing.npz' does not exist"),
+        (["train", "--resume", "RUN", "--steps", "5"], r"--resume continues a run .* drop --steps"),
+        (["train", "--resume", "nowhere"], r"'nowhere' is not a run directory \(no config.yaml\)"),
+        (["eval", "--run-dir", "nowhere"], r"run directory 'nowhere' does not exist"),
+        (["export", "--run-dir", "nowhere", "--out", "p.pt"], r"run directory 'nowhere' does not exist"),
+        (["report", "nowhere"], r"'nowhere' does not exist"),
+    ],
+)
+def test_cli_errors_stop_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = main(argv, capsys)
+    assert code == 2
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_a_second_run_into_the_same_directory_is_refused(runs, tiny_npz, capsys):
+    _, made = runs
+    code, _, err = main(tiny_train_args(tiny_npz, made[("aspc", 0)]), capsys)
+    assert code == 2 and "already holds a run; continue it with `metaconstraint train --resume" in err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "collect", "plot", "report", "export"])
+def test_help_of_every_command_shows_defaults(command, capsys):
+    code, out, _ = main([command, "--help"], capsys)
+    assert code == 0 and out.startswith("usage: metaconstraint " + command)
+    assert "default" in out
+    if command == "train":
+        assert "(default: 15000 quick, 1000000 paper)" in out and "(default: aspc)" in out
+
+
+def test_no_arguments_prints_help(capsys):
+    code, out, _ = main([], capsys)
+    assert code == 0 and "metaconstraint train" in out and "COMMAND" in out
+
+
+def test_module_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "metaconstraint", "report", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage: metaconstraint report" in proc.stdout
+
+
+# -- report, plot, eval, export on tiny runs ----------------------------------------------------------------
+
+
+def _final_from_metrics(run_dir: Path) -> tuple[float, float]:
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[-1]["eval_score"]), float(rows[-1]["alpha"])
+
+
+def test_report_tables_mean_and_std_over_seeds(runs, capsys, tmp_path):
+    root, made = runs
+    out_md = tmp_path / "report.md"
+    code, out, _ = main(["report", root, "--out", out_md], capsys)
+    assert code == 0 and out_md.read_text() == out
+    lines = out.splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("| dataset |"))
+    assert lines[header] == "| dataset | aspc | td3bc |"
+    row = lines[header + 2]
+    dataset = str(tiny_npz_path(made))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == dataset
+    s0, _ = _final_from_metrics(made[("aspc", 0)])
+    s1, _ = _final_from_metrics(made[("aspc", 1)])
+    assert cells[1] == f"{np.mean([s0, s1]):.1f} ± {np.std([s0, s1]):.1f} (n=2)"
+    t0, _ = _final_from_metrics(made[("td3bc", 0)])
+    assert cells[2] == f"{t0:.1f} (n=1)"
+    # alpha at the end: the agents' exact final values, from the checkpoints
+    coef_header = next(i for i, ln in enumerate(lines) if ln.startswith("| dataset |") and i > header)
+    coef_cells = [c.strip() for c in lines[coef_header + 2].strip("|").split("|")]
+    a = [float(load_run(made[("aspc", s)]).agent.constraint.value()) for s in (0, 1)]
+    assert coef_cells[1] == f"{np.mean(a):.3f} ± {np.std(a):.3f} (n=2)"
+    assert coef_cells[2] == "2.500 (n=1)"  # TD3+BC's alpha is fixed
+    assert "3 run(s) found; 3 in the tables." in out
+
+
+def tiny_npz_path(made) -> str:
+    return yaml.safe_load((made[("aspc", 0)] / "config.yaml").read_text())["dataset"]
+
+
+def test_report_leaves_out_unfinished_runs(runs, tiny_npz, tmp_path, capsys):
+    _, made = runs
+    d = tmp_path / "partial"
+    args = tiny_train_args(tiny_npz, d, "aspc", 5, steps=200)
+    assert cli.main([str(a) for a in args] + ["--stop-after", "100"]) == 0
+    code, out, _ = main(["report", tmp_path], capsys)
+    assert code == 0 and "left out, status stopped at step 100" in out and "No finished runs" in out
+
+
+def _png_ok(path: Path) -> bool:
+    data = path.read_bytes()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_plot_overlays_runs(runs, tmp_path, capsys):
+    root, made = runs
+    out_dir = tmp_path / "plots"
+    code, out, _ = main(["plot", made[("aspc", 0)], made[("aspc", 1)], made[("td3bc", 0)], "--out", out_dir], capsys)
+    assert code == 0 and "3 run(s) plotted" in out
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == ["alpha.png", "losses.png", "overview.png", "score.png"]
+    assert all(_png_ok(p) for p in out_dir.iterdir())
+    # each training run drew its own plots too
+    assert all(_png_ok(made[k] / "plots" / "alpha.png") for k in made)
+
+
+def test_eval_reproduces_the_final_training_evaluation(runs, capsys):
+    _, made = runs
+    d = made[("aspc", 0)]
+    code, out, _ = main(["eval", "--run-dir", d, "--episodes", 2, "--json"], capsys)
+    assert code == 0
+    res = json.loads(out)
+    score, _ = _final_from_metrics(d)
+    assert res["step"] == 200 and res["score_mean"] == pytest.approx(score, rel=1e-12)
+    assert (d / "evals" / f"step_00000200_episodes2_seed{1_000_000}.json").is_file()
+
+
+def test_export_runs_in_plain_torch_and_matches_the_agent(runs, tmp_path, capsys):
+    _, made = runs
+    d = made[("aspc", 1)]
+    out_file = tmp_path / "policy.pt"
+    code, out, _ = main(["export", "--run-dir", d, "--out", out_file], capsys)
+    assert code == 0 and out_file.is_file()
+    run = load_run(d)
+    obs = np.random.default_rng(0).uniform([-1, -1, -8], [1, 1, 8], size=(16, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = run.agent.act(run.normalizer(torch.as_tensor(obs))).numpy()
+    script = (
+        "import sys, json, torch\n"
+        "m = torch.jit.load(sys.argv[1])\n"
+        "x = torch.tensor(json.loads(sys.argv[2]))\n"
+        "extra = {'metaconstraint.json': ''}\n"
+        "torch.jit.load(sys.argv[1], _extra_files=extra)\n"
+        "assert not [k for k in sys.modules if k.startswith('metaconstraint')]\n"
+        "print(json.dumps({'batch': m(x).tolist(), 'single': m(x[0]).tolist(),"
+        " 'meta': json.loads(extra['metaconstraint.json'])}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(out_file), json.dumps(obs.tolist())],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    got = np.asarray(res["batch"], dtype=np.float32)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(res["single"], want[0], rtol=0, atol=1e-6)
+    assert res["meta"]["algo"] == "aspc" and res["meta"]["env_id"] == "Pendulum-v1" and res["meta"]["step"] == 200
+    assert np.abs(want).max() > 1e-3  # the policy is not trivially zero
