@@ -326,6 +326,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--td3-confirm-episodes", type=int, default=d.confirm_episodes,
                    help="episodes to confirm a medium candidate's return")
     g.add_argument("--td3-stop-return", type=float, help="stop training once an evaluation reaches this return")
+    g.add_argument("--td3-reference", help="'low,high': returns scoring 0 and 1 when picking the medium snapshot "
+                   "(default: measured random and expert returns)")
     g.add_argument("--medium-band", default="0.333,0.5", help="medium = normalised score in this band (default: 0.333,0.5)")
 
 
@@ -338,8 +340,20 @@ def _td3_from_args(args: argparse.Namespace) -> TD3Config:
         hidden=tuple(int(x) for x in args.td3_hidden.split(",")), batch_size=args.td3_batch_size, lr=args.td3_lr,
         eval_every=args.td3_eval_every, eval_episodes=args.td3_eval_episodes,
         confirm_episodes=args.td3_confirm_episodes, stop_return=args.td3_stop_return,
-        medium_band=band, medium_target=sum(band) / 2,
+        medium_band=band, medium_target=sum(band) / 2, reference=_pair(args.td3_reference, "--td3-reference"),
     )
+
+
+def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{flag} must be two numbers 'low,high', got {text!r}") from None
+    if hi <= lo:
+        raise SystemExit(f"{flag} needs high > low, got {text!r}")
+    return lo, hi
 
 
 def run(args: argparse.Namespace) -> int:
