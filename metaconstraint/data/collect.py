@@ -365,15 +365,23 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--dataset-id names one dataset; give a single --behaviour with it")
     td3 = _td3_from_args(args)
     for b in args.behaviour:
-        res = collect(
-            args.env_id, b, dataset_id=args.dataset_id, steps=args.steps, seed=args.seed, noise=args.noise,
-            policy=args.policy, td3=td3, behaviour_dir=args.behaviour_dir, ref_episodes=args.ref_episodes,
-            ref_scores=not args.no_ref_scores, ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
-            expert_policy=args.expert_policy, overwrite=args.overwrite, datasets_path=args.datasets_path,
-            progress=not args.no_progress, author=args.author, description=args.description, compact=args.compact,
-        )
+        try:
+            res = _collect_from_args(args, b, td3)
+        except (ValueError, FileExistsError, FileNotFoundError) as err:  # user errors: a message, not a traceback
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(json.dumps(dataclasses.asdict(res)), flush=True)
     return 0
+
+
+def _collect_from_args(args: argparse.Namespace, b: str, td3: TD3Config) -> CollectResult:
+    return collect(
+        args.env_id, b, dataset_id=args.dataset_id, steps=args.steps, seed=args.seed, noise=args.noise,
+        policy=args.policy, td3=td3, behaviour_dir=args.behaviour_dir, ref_episodes=args.ref_episodes,
+        ref_scores=not args.no_ref_scores, ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
+        expert_policy=args.expert_policy, overwrite=args.overwrite, datasets_path=args.datasets_path,
+        progress=not args.no_progress, author=args.author, description=args.description, compact=args.compact,
+    )
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -390,12 +398,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m metaconstraint.data.collect", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
