@@ -17,7 +17,7 @@ from metaconstraint.data.policies import load_policy
 from tests.test_data_env import ENV_ID, HORIZON, greedy_policy
 
 TINY = TD3Config(
-    total_steps=1200, start_steps=200, hidden=(32, 32), batch_size=64, lr=1e-3, eval_every=100, eval_episodes=3,
+    total_steps=600, start_steps=200, hidden=(32, 32), batch_size=32, lr=1e-3, eval_every=100, eval_episodes=3,
     confirm_episodes=4,
 )
 
