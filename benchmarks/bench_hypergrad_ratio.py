@@ -15,6 +15,7 @@ Usage: ``python benchmarks/bench_hypergrad_ratio.py [--reps 30] [--threads 1] [-
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -72,34 +73,53 @@ def timing(reps: int, steps: int, backends: list[str]) -> dict[str, float]:
         loss.backward()
         torch_opt.step()
 
-    def median_time(fn) -> float:
+    fns = {"plain": plain_step}
+    for b in backends:
+        fns[b] = lambda b=b: mc.hypergrad.unrolled(
+            inner, outer, params, hp, opt, steps=steps, opt_state=state, backend=b
+        )
+    for fn in fns.values():  # warm-up
         for _ in range(3):
             fn()
-        times = []
-        for _ in range(reps):
+    # Round-robin, so that load from other processes on a shared machine hits all alike.
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
-    out = {"plain": median_time(plain_step)}
-    for b in backends:
-        out[b] = median_time(
-            lambda b=b: mc.hypergrad.unrolled(inner, outer, params, hp, opt, steps=steps, opt_state=state, backend=b)
-        )
-    return out
+
+_MEMORY_PROBE = """
+import os, sys, threading, time, torch
+sys.path.insert(0, {bench_dir!r})
+import bench_hypergrad_ratio as b
+import metaconstraint as mc
+torch.set_num_threads(1)
+_, _, inner, outer, p, h, opt, st = b.problem()
+run = lambda: mc.hypergrad.unrolled(inner, outer, p, h, opt, steps={steps}, opt_state=st, backend={backend!r})
+run()  # warm-up: lazy imports, allocator
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+base, peak, done = rss(), [0], [False]
+def poll():
+    while not done[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.0005)
+t = threading.Thread(target=poll); t.start(); run(); done[0] = True; t.join()
+print((peak[0] - base) / 2**20)
+"""
 
 
 def peak_memory(backend: str, steps: int) -> float:
-    """Peak resident memory (MiB) of a fresh process that computes one hypergradient."""
-    code = (
-        "import resource, sys, torch; sys.path.insert(0, %r); import bench_hypergrad_ratio as b; "
-        "torch.set_num_threads(1); _, _, i, o, p, h, opt, st = b.problem(); "
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-        "import metaconstraint as mc; mc.hypergrad.unrolled(i, o, p, h, opt, steps=%d, opt_state=st, backend=%r); "
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
-    ) % (str(Path(__file__).resolve().parent), steps, backend)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    """Peak growth of resident memory (MiB) while one hypergradient is computed.
+
+    Measured in a fresh process by polling /proc/self/statm, with glibc told to return every
+    block of 64 KiB or more to the OS on free (so RSS follows live tensors). Linux only.
+    """
+    code = _MEMORY_PROBE.format(bench_dir=str(Path(__file__).resolve().parent), steps=steps, backend=backend)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
