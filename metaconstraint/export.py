@@ -44,15 +44,40 @@ class ExportedPolicy(nn.Module):
         return torch.max(torch.min(self.actor(x), self.high), self.low)
 
 
-def policy_module(agent: Any) -> nn.Module:
-    """The agent's deterministic policy on normalised observations (``export_module()`` or ``actor``)."""
+class _AgentAct(nn.Module):
+    """``agent.act`` as a module, for agents whose actor network is not itself the policy (traced, not scripted)."""
+
+    def __init__(self, agent: Any):
+        super().__init__()
+        actor = getattr(agent, "actor", None)
+        if isinstance(actor, nn.Module):
+            self.actor = actor  # so tracing records its parameters as the module's own
+        self._act = agent.act
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self._act(obs)
+
+
+def policy_module(agent: Any, obs_dim: int) -> nn.Module:
+    """A module mapping normalised observations to the agent's actions.
+
+    The agent's ``export_module()`` if it has one; else its ``actor`` network when that returns
+    exactly what ``act`` does (TD3+BC, ASPC, ReBRAC, ...); else ``act`` itself, to be traced
+    (a Gaussian actor returning ``(mean, log_std)``, ...).
+    """
     make = getattr(agent, "export_module", None)
     if callable(make):
         return make()
     actor = getattr(agent, "actor", None)
-    if not isinstance(actor, nn.Module):
-        raise RunError(f"cannot export {type(agent).__name__}: it has neither export_module() nor an actor network")
-    return actor
+    if isinstance(actor, nn.Module):
+        probe = torch.randn(8, obs_dim, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            out = actor(probe)
+            if isinstance(out, Tensor) and torch.equal(out, agent.act(probe)):
+                return copy.deepcopy(actor)
+    if not callable(getattr(agent, "act", None)):
+        raise RunError(f"cannot export {type(agent).__name__}: it has no act() method")
+    return _AgentAct(agent)
 
 
 def _build(run: LoadedRun) -> ExportedPolicy:
@@ -65,7 +90,7 @@ def _build(run: LoadedRun) -> ExportedPolicy:
     else:
         low = torch.full((int(env["act_dim"]),), -float(env["max_action"]))
         high = -low
-    actor = copy.deepcopy(policy_module(run.agent)).to("cpu").float().eval().requires_grad_(False)
+    actor = policy_module(run.agent, int(env["obs_dim"])).to("cpu").float().eval().requires_grad_(False)
     return ExportedPolicy(actor, mean, denom, low, high).eval()
 
 

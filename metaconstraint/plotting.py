@@ -148,15 +148,18 @@ def _draw(ax: Any, groups: dict[str, list[RunData]], key: str, *, log: bool = Fa
             continue
         steps, mean, std = agg
         n = len(runs)
-        name = f"{label} (mean ± std, {n} seeds)" if n > 1 else f"{label} (seed {first.seed})"
         color = colors[label]
-        ax.plot(steps, mean, color=color, label=name, lw=1.6)
-        band = std
+        band = std if n > 1 else None
         if n == 1 and episode_band:
             s_steps, s_std = first.series(key + "_std")
             if len(s_steps) == len(steps):
                 band = s_std
-        if n > 1 or episode_band:
+        if n > 1:
+            name = f"{label} (mean ± std over {n} seeds)"
+        else:
+            name = f"{label} (seed {first.seed}" + ("; band: ± std over episodes)" if band is not None else ")")
+        ax.plot(steps, mean, color=color, label=name, lw=1.6)
+        if band is not None:
             ax.fill_between(steps, mean - band, mean + band, color=color, alpha=0.2, lw=0)
         drew = True
     if log and drew:
@@ -207,6 +210,11 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str =
         has_score = any(len(r.series("eval_score")[0]) for r in runs)
         key = "eval_score" if has_score else "eval_return"
         drew = _draw(ax, groups, key, episode_band=True, colors=colors)
+        ref_key = "dataset_score" if has_score else "dataset_return"
+        refs = {r.dataset: r.summary.get(ref_key) for r in runs if r.summary.get(ref_key) is not None}
+        for i, (name, value) in enumerate(sorted(refs.items())):
+            ax.axhline(value, color="0.4", ls="--", lw=1,
+                       label=f"dataset's episodes (mean)" if len(refs) == 1 else f"{name} episodes (mean)")
         ax.set_ylabel("normalised score" if has_score else "return (no reference scores)")
         ax.set_title("evaluation: normalised score vs step" if has_score else "evaluation: return vs step")
         if drew:

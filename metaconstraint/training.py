@@ -392,6 +392,12 @@ class Trainer:
             raise RunError(f"'{run_dir}' is not a run directory (no config.yaml); nothing to resume")
         data = load_yaml(cfg_path)
         if device is not None:
+            started = str(data.get("device", "cpu"))
+            if torch.device(device).type != torch.device(started).type:
+                raise ConfigError(
+                    f"the run in {run_dir} started on {started}; it resumes on the same kind of device (the data "
+                    f"sampler's random stream is device-specific): drop --device {device} or use --device {started}"
+                )
             data["device"] = device
         config = run_config_from_dict(data)
         ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
@@ -466,6 +472,12 @@ class Trainer:
             dataset_size=len(data),
         )
         self.load_s = time.perf_counter() - t0
+        returns = data.episode_returns()
+        self.dataset_return = float(returns.mean()) if returns.size else None
+        self.dataset_score = (
+            None if self.dataset_return is None or data.ref_min_score is None or data.ref_max_score is None
+            else 100.0 * (self.dataset_return - data.ref_min_score) / (data.ref_max_score - data.ref_min_score)
+        )
         self.coef_start = _coefficient_value(self.agent)
         self._ready = True
 
@@ -786,6 +798,8 @@ class Trainer:
             "final_return": None if final is None else final.get("return"),
             "final_eval_step": None if final is None else final["step"],
             "best_score": None if best is None else best["score"],
+            "dataset_return": getattr(self, "dataset_return", None),
+            "dataset_score": getattr(self, "dataset_score", None),
             "best_score_step": None if best is None else best["step"],
             "coefficient": self.coef_key,
             "coef_start": self.coef_start,

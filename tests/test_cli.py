@@ -285,3 +285,35 @@ def test_export_runs_in_plain_torch_and_matches_the_agent(runs, tmp_path, capsys
     np.testing.assert_allclose(res["single"], want[0], rtol=0, atol=1e-6)
     assert res["meta"]["algo"] == "aspc" and res["meta"]["env_id"] == "Pendulum-v1" and res["meta"]["step"] == 200
     assert np.abs(want).max() > 1e-3  # the policy is not trivially zero
+
+
+def test_export_traces_agents_whose_actor_is_not_the_policy():
+    """A Gaussian-style actor returning (mean, log_std): export goes through act() and tracing."""
+    from metaconstraint.export import ExportedPolicy, _AgentAct, policy_module
+
+    class TupleActor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(3, 2)
+
+        def forward(self, obs):
+            h = self.net(obs)
+            return torch.tanh(h[..., :1]), h[..., 1:]
+
+    class Agent:
+        def __init__(self):
+            torch.manual_seed(0)
+            self.actor = TupleActor()
+
+        @torch.no_grad()
+        def act(self, obs):
+            return self.actor(obs)[0] * 2.0
+
+    agent = Agent()
+    module = policy_module(agent, 3)
+    assert isinstance(module, _AgentAct)
+    pol = ExportedPolicy(module, torch.zeros(3), torch.ones(3), torch.full((1,), -2.0), torch.full((1,), 2.0))
+    traced = torch.jit.trace(pol, torch.randn(4, 3))
+    x = torch.randn(9, 3)
+    assert torch.equal(traced(x), agent.act(x))
+    assert not torch.equal(traced(x), agent.actor(x)[0])  # the x2 of act() is in the traced graph
