@@ -159,18 +159,20 @@ def load_minari_folder(path: str | Path, obs_keys: tuple[str, ...] | None = None
     used_keys: list = [None]
 
     def episodes():
+        done = 0  # episodes read so far: the failing one is the next
         try:
-            for k, ep in enumerate(ds.iterate_episodes()):
-                T = len(ep.rewards)
-                obs, used_keys[0] = _flatten_obs(ep.observations, ds.observation_space, obs_keys, T + 1)
-                yield EpisodeArrays(obs, np.asarray(ep.actions, np.float32).reshape(T, -1), ep.rewards,
-                                    ep.terminations, ep.truncations)
+            for ep in ds.storage.get_episodes(ds.episode_indices):  # one file open for all episodes
+                T = len(ep["rewards"])
+                obs, used_keys[0] = _flatten_obs(ep["observations"], ds.observation_space, obs_keys, T + 1)
+                yield EpisodeArrays(obs, np.asarray(ep["actions"], np.float32).reshape(T, -1), ep["rewards"],
+                                    ep["terminations"], ep["truncations"])
+                done += 1
         except DataError:
             raise
         except Exception as err:
             raise DataError(
-                f"cannot read episode {k + 1 if 'k' in locals() else 0} of the Minari dataset in '{data}' "
-                f"(the file may be truncated): {type(err).__name__}: {err}"
+                f"cannot read episode {done} of the Minari dataset in '{data}' (the file may be truncated): "
+                f"{type(err).__name__}: {err}"
             ) from err
 
     spec = _env_spec_from_metadata(meta)
