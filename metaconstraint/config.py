@@ -48,12 +48,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (measured; see the README). Everything except the network widths is ASPC's single
     # configuration.
     "quick": {
-        "steps": 15_000,
+        "steps": 12_000,
         "batch_size": 256,
-        "eval_every": 1_500,
+        "eval_every": 1_200,
         "eval_episodes": 10,
         "log_every": 100,
-        "checkpoint_every": 5_000,
+        "checkpoint_every": 4_000,
         "agent": {"actor_hidden": (64, 64), "critic_width": 64},
     },
     # The papers' sizes: 1M gradient steps, the algorithm's own networks and batch size.
@@ -81,15 +81,15 @@ class RunConfig:
     dataset: str = "pendulum-medium"  # built-in name, Minari id or folder, .hdf5/.npz file
     preset: str = "quick"  # quick | paper (the base the other values override)
     algo_preset: str = "auto"  # the algorithm's published per-dataset settings: auto | none | a key
-    steps: int = 15_000  # gradient steps
+    steps: int = 12_000  # gradient steps
     batch_size: int = 256
-    eval_every: int = 1_500  # gradient steps between evaluations (0: only at the end)
+    eval_every: int = 1_200  # gradient steps between evaluations (0: only at the end)
     eval_episodes: int = 10
     eval_seed: int | None = None  # None: 1_000_000 + seed (the same start states at every evaluation)
     seed: int = 0
     device: str = "cpu"
     log_every: int = 100  # gradient steps per metrics row (means over the interval)
-    checkpoint_every: int = 5_000  # 0: only at the end (and on interrupt)
+    checkpoint_every: int = 4_000  # 0: only at the end (and on interrupt)
     keep_checkpoints: int = 3
     reward_scale: str | float = "none"  # none | locomotion | antmaze | a number
     normalize_obs: bool = True

@@ -163,7 +163,7 @@ def test_help_of_every_command_shows_defaults(command, capsys):
     assert code == 0 and out.startswith("usage: metaconstraint " + command)
     assert "default" in out
     if command == "train":
-        assert "(default: 15000 quick, 1000000 paper)" in out and "(default: aspc)" in out
+        assert "(default: 12000 quick, 1000000 paper)" in out and "(default: aspc)" in out
 
 
 def test_no_arguments_prints_help(capsys):
