@@ -22,6 +22,10 @@ _SUBMODULES = {
     "evaluation",
     "toymdp",
     "training",
+    "config",
+    "plotting",
+    "report",
+    "export",
     "cli",
 }
 
