@@ -7,13 +7,26 @@ from typing import Any
 
 import torch
 
+from .a2pr import A2PR, A2PRConfig
 from .aspc import ASPC, ASPCConfig
 from .base import Agent
+from .cql import CQL, AdaptiveCQL, AdaptiveCQLConfig, CQLConfig
+from .iql import IQL, AdaptiveIQL, AdaptiveIQLConfig, IQLConfig
+from .rebrac import AdaptiveReBRAC, AdaptiveReBRACConfig, ReBRAC, ReBRACConfig
 from .td3bc import TD3BC, TD3BCConfig
+from .wpc import WPC, WPCConfig
 
 ALGORITHMS: dict[str, type] = {
     "td3bc": TD3BC,
     "aspc": ASPC,
+    "iql": IQL,
+    "cql": CQL,
+    "rebrac": ReBRAC,
+    "wpc": WPC,
+    "a2pr": A2PR,
+    "iql-adaptive": AdaptiveIQL,
+    "cql-adaptive": AdaptiveCQL,
+    "rebrac-adaptive": AdaptiveReBRAC,
 }
 
 
@@ -47,4 +60,8 @@ def make(
     return ALGORITHMS[name](obs_dim, act_dim, max_action, config=config, device=device, dtype=dtype)
 
 
-__all__ = ["ALGORITHMS", "ASPC", "ASPCConfig", "Agent", "TD3BC", "TD3BCConfig", "config_for", "make"]
+__all__ = [
+    "A2PR", "A2PRConfig", "ALGORITHMS", "ASPC", "ASPCConfig", "AdaptiveCQL", "AdaptiveCQLConfig", "AdaptiveIQL",
+    "AdaptiveIQLConfig", "AdaptiveReBRAC", "AdaptiveReBRACConfig", "Agent", "CQL", "CQLConfig", "IQL", "IQLConfig",
+    "ReBRAC", "ReBRACConfig", "TD3BC", "TD3BCConfig", "WPC", "WPCConfig", "config_for", "make",
+]  # fmt: skip

@@ -77,6 +77,7 @@ class TD3BC:
     name = "td3bc"
     Config = TD3BCConfig
     metric_names: tuple[str, ...] = ("critic_loss", "actor_loss", "bc_loss", "q_mean", "alpha")
+    coefficient_name = "alpha"  # the log key of the constraint coefficient
 
     def __init__(
         self,
@@ -99,6 +100,7 @@ class TD3BC:
                 make_critic(c.critic, obs_dim, act_dim, c.critic_width, c.critic_depth),
                 make_critic(c.critic, obs_dim, act_dim, c.critic_width, c.critic_depth),
             ).to(self.device, dtype)
+            self._make_extra_networks()
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
@@ -110,6 +112,9 @@ class TD3BC:
         self.num_updates = 0
 
     # -- pieces subclasses override -------------------------------------------------------
+    def _make_extra_networks(self) -> None:
+        """Build further networks (value net, VAE, ...) inside the seeded init; none here."""
+
     def _make_constraint(self) -> Any:
         return FixedConstraint(FixedCoefficient(self.config.alpha, device=self.device, dtype=self.dtype))
 
@@ -125,17 +130,26 @@ class TD3BC:
         return logs
 
     def _critic_step(self, batch: Batch) -> dict[str, Tensor]:
-        c = self.config
         with torch.no_grad():
-            noise = torch.randn(
-                batch.actions.shape, generator=self.rng, device=self.device, dtype=batch.actions.dtype
-            )
-            noise = (noise * c.policy_noise * self.max_action).clamp(
-                -c.noise_clip * self.max_action, c.noise_clip * self.max_action
-            )
-            next_actions = (self.actor_target(batch.next_observations) + noise).clamp(-self.max_action, self.max_action)
-            target_q = torch.min(*self.critic_target(batch.next_observations, next_actions))
-            y = batch.rewards + c.discount * (1.0 - batch.terminals) * target_q
+            y = self._td_target(batch, self._smoothed_next_actions(batch))
+        return self._fit_critic(batch, y)
+
+    def _smoothed_next_actions(self, batch: Batch) -> Tensor:
+        """``clip(pi'(s') + clip(N(0, noise^2)))``: one normal draw from ``self.rng`` per action entry."""
+        c = self.config
+        noise = torch.randn(batch.actions.shape, generator=self.rng, device=self.device, dtype=batch.actions.dtype)
+        noise = (noise * c.policy_noise * self.max_action).clamp(
+            -c.noise_clip * self.max_action, c.noise_clip * self.max_action
+        )
+        return (self.actor_target(batch.next_observations) + noise).clamp(-self.max_action, self.max_action)
+
+    def _td_target(self, batch: Batch, next_actions: Tensor) -> Tensor:
+        """``y = r + gamma (1 - d) min_j Q'_j(s', a')`` (subclasses add penalties, e.g. ReBRAC)."""
+        target_q = torch.min(*self.critic_target(batch.next_observations, next_actions))
+        return batch.rewards + self.config.discount * (1.0 - batch.terminals) * target_q
+
+    def _fit_critic(self, batch: Batch, y: Tensor) -> dict[str, Tensor]:
+        """One Adam step on ``sum_j MSE(Q_j(s, a), y)``."""
         q1, q2 = self.critic(batch.observations, batch.actions)
         loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
         _check_finite("critic loss", loss, self.num_updates, batch)
@@ -173,7 +187,7 @@ class TD3BC:
             "actor_loss": logs.pop("loss"),
             "q_mean": logs.pop("value"),
             "bc_loss": logs.pop("constraint"),
-            "alpha": logs.pop("coef"),
+            self.coefficient_name: logs.pop("coef"),
         }
         out.update(logs)
         return out
