@@ -58,6 +58,12 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": dict(widths=(256,), batches=(256, 1024), rounds=5, updates=160, min_block=10, peer_block=20),
 }
 K_ALPHAS = (1, 2, 5, 10, 30)
+
+
+def budget(size: dict[str, Any], batch_size: int) -> tuple[int, int]:
+    """``(updates, min_rounds)`` for one measurement: fewer for batches above 256 (runtime)."""
+    scale = min(1.0, 256 / batch_size)
+    return max(1, int(size["updates"] * scale)), max(min(3, size["rounds"]), round(size["rounds"] * scale**0.5))
 CRITICS = ("robust", "plain")
 
 

@@ -133,9 +133,11 @@ def size(recorder: Recorder) -> dict[str, Any]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrise ``width`` and ``batch_size`` from the chosen size."""
+    """Parametrise ``width``, ``batch_size`` and ``hg_batch_size`` from the chosen size."""
     size = H.SIZES[metafunc.config.getoption("--bench-size")]
     if "width" in metafunc.fixturenames:
         metafunc.parametrize("width", size["widths"], ids=[f"w{w}" for w in size["widths"]])
     if "batch_size" in metafunc.fixturenames:
         metafunc.parametrize("batch_size", size["batches"], ids=[f"b{b}" for b in size["batches"]])
+    if "hg_batch_size" in metafunc.fixturenames:  # the hypergradient suite: the first batch size only
+        metafunc.parametrize("hg_batch_size", size["batches"][:1], ids=[f"b{b}" for b in size["batches"][:1]])

@@ -193,7 +193,8 @@ CASES = (
 
 
 @pytest.mark.parametrize("method,steps", CASES, ids=[f"{m}-{s}" for m, s in CASES])
-def test_hypergrad_cost(benchmark, recorder, device, size, width, batch_size, method, steps):
+def test_hypergrad_cost(benchmark, recorder, device, size, width, hg_batch_size, method, steps):
+    batch_size = hg_batch_size
     prob = _problem(width, batch_size, device)
     if method == "higher":
         pytest.importorskip("higher", reason="the 'higher' backend needs the higher package (a dependency)")

@@ -160,7 +160,8 @@ def test_peer_steps_per_second(benchmark, recorder, device, size, width, batch_s
     assert (their_actor, their_critic) == (our_actor, our_critic), "networks differ in size"
 
     n = size["peer_block"]
-    rounds = max(size["rounds"], size["updates"] // n)
+    updates, min_rounds = H.budget(size, batch_size)
+    rounds = max(min_rounds, updates // n)
     if loop == "update":
         batches = H.random_batches(8, batch_size, device, seed=4)
         their_batches = [_to_d3rlpy_batch(d3rlpy, b) for b in batches]

@@ -50,7 +50,8 @@ def test_update_cost(benchmark, recorder, device, size, critic, k_alpha, width, 
     td3, aspc = _agents(critic, width, k_alpha, device)
     cycle = k_alpha * aspc.config.policy_freq  # updates per second-order step
     n = cycle * math.ceil(size["min_block"] / cycle)
-    rounds = max(size["rounds"], math.ceil(size["updates"] / n))  # many short rounds: robust to load
+    updates, min_rounds = H.budget(size, batch_size)
+    rounds = max(min_rounds, math.ceil(updates / n))  # many short rounds: robust to load
     batches = H.random_batches(8, batch_size, device, seed=1)
     alt = H.Alternating({"aspc": _block(aspc, batches, n), "td3bc": _block(td3, batches, n)}, device)
     alt.warmup(1)
