@@ -45,7 +45,8 @@ DERIVED_AGENT_FIELDS = {"seed": "--seed", "planned_steps": "--steps"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Sized to finish in a few minutes on 2 CPU cores on the built-in Pendulum data
-    # (measured; see the README). Everything except the network widths is ASPC's single
+    # (measured; see the README). Everything except the network widths (actor, critic, value
+    # net, VAE; each algorithm takes the ones it has) is ASPC's single
     # configuration.
     "quick": {
         "steps": 12_000,
@@ -54,7 +55,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_episodes": 10,
         "log_every": 100,
         "checkpoint_every": 4_000,
-        "agent": {"actor_hidden": (64, 64), "critic_width": 64},
+        "agent": {"actor_hidden": (64, 64), "critic_width": 64, "value_hidden": (64, 64), "vae_hidden": (64, 64)},
     },
     # The papers' sizes: 1M gradient steps, the algorithm's own networks and batch size.
     "paper": {
