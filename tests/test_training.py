@@ -160,6 +160,7 @@ def _interrupt_at(step: int):
 def test_stop_at_300_and_resume_to_600_equals_a_straight_run(straight, tiny_npz, tmp_path, how):
     s_trainer, _, s_dir = straight
     run_dir = tmp_path / "resumed"
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background
     if how == "stop_after":
         _, first = run(tiny_config(tiny_npz), run_dir, stop_after=300)
         assert first.status == "stopped"
@@ -167,7 +168,7 @@ def test_stop_at_300_and_resume_to_600_equals_a_straight_run(straight, tiny_npz,
         _, first = run(tiny_config(tiny_npz), run_dir, hook=_interrupt_at(300))
         assert first.status == "interrupted" and first.signal == signal.SIGINT
     assert first.step == 300 and latest_checkpoint(run_dir).name == "step_00000300.pt"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
     resumed = Trainer.resume(run_dir, progress=False, echo=None, plots=False)
     result = resumed.train()
