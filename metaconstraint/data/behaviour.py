@@ -4,10 +4,12 @@ One training run gives every behaviour an env's dataset suite needs:
 
 * ``expert``: the evaluation snapshot with the best return (training runs to a step budget,
   or stops early once ``stop_return`` is reached);
-* ``medium``: the earliest snapshot whose normalised score
+* ``medium``: a snapshot taken no later than the expert one whose normalised score
   ``(R - R_random) / (R_expert - R_random)`` lies in ``medium_band`` (default 1/3 to 1/2,
   i.e. "a third to a half of expert return", measured from the random return so that
-  negative-return tasks like Pendulum work too), re-evaluated to confirm;
+  negative-return tasks like Pendulum work too; ``reference`` replaces the two returns);
+  candidates are tried closest to ``medium_target`` first and re-evaluated over
+  ``confirm_episodes`` episodes; if none confirms inside the band, the closest is used;
 * ``medium-replay``: the replay buffer up to the medium snapshot's step (saved with every
   episode's reset seed, so it can be re-executed through ``minari.DataCollector``).
 
