@@ -35,6 +35,19 @@ class RunData:
         return str(self.config.get("algo", "?"))
 
     @property
+    def variant(self) -> str:
+        """The algorithm, plus its critic when that is not the algorithm's default
+        (``td3bc (critic=robust)`` is TD3+BC*, a different method from ``td3bc``)."""
+        critic = (self.config.get("agent") or {}).get("critic")
+        try:
+            from .algos import ALGORITHMS
+
+            default = getattr(ALGORITHMS[self.algo].Config, "critic", None)
+        except KeyError:
+            default = None
+        return f"{self.algo} (critic={critic})" if critic and default and critic != default else self.algo
+
+    @property
     def dataset(self) -> str:
         return str(self.config.get("dataset", "?"))
 
@@ -55,7 +68,7 @@ class RunData:
 
     @property
     def label(self) -> str:
-        return f"{self.algo} / {self.dataset}"
+        return f"{self.variant} / {self.dataset}"
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of the rows that have ``key``."""

@@ -79,7 +79,7 @@ def summarise(runs: Sequence[RunData]) -> tuple[dict[tuple[str, str], Cell], lis
             notes.append(f"`{run.path}`: left out, no normalised score (the dataset has no reference scores)")
             continue
         cell = cells.setdefault(
-            (run.algo, run.dataset), Cell(run.algo, run.dataset, [], [], run.coef_key, [], [])
+            (run.variant, run.dataset), Cell(run.variant, run.dataset, [], [], run.coef_key, [], [])
         )
         cell.scores.append(float(score))
         if coef is not None:

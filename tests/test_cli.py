@@ -317,3 +317,17 @@ def test_export_traces_agents_whose_actor_is_not_the_policy():
     x = torch.randn(9, 3)
     assert torch.equal(traced(x), agent.act(x))
     assert not torch.equal(traced(x), agent.actor(x)[0])  # the x2 of act() is in the traced graph
+
+
+def test_report_and_plots_tell_critic_variants_apart():
+    from pathlib import Path
+
+    from metaconstraint.plotting import RunData
+
+    def variant(algo, critic):
+        return RunData(Path("."), {"algo": algo, "agent": {"critic": critic}}, []).variant
+
+    assert variant("td3bc", "robust") == "td3bc (critic=robust)"  # TD3+BC* is its own column
+    assert variant("td3bc", "plain") == "td3bc"
+    assert variant("aspc", "robust") == "aspc"
+    assert variant("aspc", "plain") == "aspc (critic=plain)"
