@@ -80,7 +80,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if threads < 1:
         raise pytest.UsageError(f"--bench-threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
-    H.pin_malloc()  # before the suites allocate anything (CPU peak-memory measurement)
     device = _device(config)
     config._bench_recorder = Recorder(config.getoption("--bench-size"), device, threads)  # type: ignore[attr-defined]
 

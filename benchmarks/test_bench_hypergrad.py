@@ -30,6 +30,12 @@ against ``func`` (same steps) to float32 accuracy, so a broken backend fails the
 from __future__ import annotations
 
 import functools
+import gc
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -185,6 +191,24 @@ def _reference(width: int, batch_size: int, device: torch.device, steps: int) ->
     return float(_problem(width, batch_size, device).unrolled("func", steps))
 
 
+def _method(prob: Problem, method: str, steps: int, value: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """The call to time for ``method``; hypergradients land in ``value["g"]``."""
+
+    def run() -> None:
+        if method == "first_order":
+            prob.first_order(steps)
+        elif method == "aspc_step":
+            value["g"] = prob.aspc_step()
+        elif method == "affine_step":
+            value["g"] = prob.affine_step()
+        elif method.startswith("implicit_"):
+            value["g"] = prob.implicit(method.removeprefix("implicit_"), **prob.implicit_settings)
+        else:
+            value["g"] = prob.unrolled(method, steps)
+
+    return run
+
+
 CASES = (
     [("first_order", s) for s in STEPS]
     + [(b, s) for b in UNROLLED for s in STEPS]
@@ -199,25 +223,19 @@ def test_hypergrad_cost(benchmark, recorder, device, size, width, hg_batch_size,
     if method == "higher":
         pytest.importorskip("higher", reason="the 'higher' backend needs the higher package (a dependency)")
     value: dict[str, torch.Tensor] = {}
-
-    def run() -> None:
-        if method == "first_order":
-            prob.first_order(steps)
-        elif method == "aspc_step":
-            value["g"] = prob.aspc_step()
-        elif method == "affine_step":
-            value["g"] = prob.affine_step()
-        elif method.startswith("implicit_"):
-            value["g"] = prob.implicit(method.removeprefix("implicit_"), **prob.implicit_settings)
-        else:
-            value["g"] = prob.unrolled(method, steps)
+    run = _method(prob, method, steps, value)
 
     alt = H.Alternating({"method": run, "step": lambda: prob.first_order(1)}, device)
     alt.warmup(2)
     rounds = 2 * size["rounds"]
     benchmark.pedantic(alt.round, rounds=rounds, iterations=1, warmup_rounds=0)
-    peak, how = H.peak_memory(run, device)
-    peak_step, _ = H.peak_memory(lambda: prob.first_order(1), device)
+    if device.type == "cuda":
+        peak, how = H.cuda_peak_memory(run, device), H.CUDA_MEMORY_METHOD
+        peak_step = H.cuda_peak_memory(lambda: prob.first_order(1), device)
+    else:
+        how = H.CPU_MEMORY_METHOD
+        peaks = _cpu_peaks(width, batch_size)
+        peak, peak_step = peaks.get(f"{method}-{steps}"), peaks.get("first_order-1")
 
     agreement = None
     if method in UNROLLED or method in ("aspc_step", "affine_step"):
@@ -252,3 +270,34 @@ def test_hypergrad_cost(benchmark, recorder, device, size, width, hg_batch_size,
         f"(x{row['ratio_to_step']:.2f} a first-order step), peak {mem}"
     )
     recorder.add("hypergrad", row, summary, memory=how, implicit_iters=IMPLICIT_ITERS, agree_rtol=AGREE_RTOL)
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_peaks(width: int, batch_size: int) -> dict[str, int | None]:
+    """Peak RSS growth of every case, from one fresh probe process (see ``_harness``)."""
+    return H.cpu_peak_memory_probe(Path(__file__), [str(width), str(batch_size)]) or {}
+
+
+def _memory_probe(argv: list[str]) -> None:
+    """``python test_bench_hypergrad.py WIDTH BATCH``: print {case: peak RSS growth} as JSON.
+
+    Started by the suite as a fresh process with ``_harness.PROBE_ENV``. Every case is run
+    twice first (as in the timed runs: lazy init, the implicit settings search), then once
+    measured; with that allocator setting its freed tensors leave the resident set, so the
+    cases do not see each other's memory.
+    """
+    width, batch_size = int(argv[0]), int(argv[1])
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    prob = Problem(width, batch_size, torch.device("cpu"))
+    peaks: dict[str, int | None] = {}
+    for method, steps in CASES:
+        run = _method(prob, method, steps, {})
+        run()
+        run()
+        gc.collect()
+        peaks[f"{method}-{steps}"] = H.rss_peak(run)
+    print(json.dumps(peaks))
+
+
+if __name__ == "__main__":
+    _memory_probe(sys.argv[1:])

@@ -13,8 +13,8 @@ of ``peer_block`` updates. Two loops are timed:
   d3rlpy ``ReplayBuffer.sample_transition_batch`` (what ``fit`` calls) then ``update``; ours
   ``torch.randint`` indexing into device tensors (what ``metaconstraint``'s sampler does).
 
-d3rlpy is the optional extra ``bench`` (``pip install -e .[bench]``); without it the suite
-is skipped with that message.
+d3rlpy is the optional extra ``bench`` (install it as benchmarks/README.md says: its pin of
+gymnasium 1.0 would otherwise downgrade ours); without it the suite is skipped with a message.
 
 In the ``update`` loop a third contender, our TD3+BC with a fused critic Adam
 (``torch.optim.Adam(..., fused=True)``, swapped in on the instance), measures a proposed
@@ -46,8 +46,8 @@ def _import_d3rlpy():
             import d3rlpy
         except ImportError as e:  # pragma: no cover - depends on the environment
             pytest.skip(
-                f"d3rlpy is not installed ({e}); install the optional extra with "
-                "`pip install -e .[bench]` (or `pip install d3rlpy`) to run the peer comparison"
+                f"d3rlpy is not installed ({e}): the peer comparison needs it (optional extra `bench`); "
+                "benchmarks/README.md shows how to install it without downgrading gymnasium"
             )
     return d3rlpy
 
