@@ -68,7 +68,7 @@ from .common import (
     constraint_step,
     load_opt_state,
 )
-from .td3bc import _check_finite, soft_update
+from .td3bc import _check_finite, init_agent, soft_update
 
 # the CQL authors' per-domain settings, by domain and by D4RL dataset (the MuJoCo ones are the defaults)
 CQL_PRESETS: dict[str, dict[str, Any]] = {
@@ -150,11 +150,7 @@ class CQL:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        self.config = config if config is not None else self.Config()
-        self.config.validate()
-        c = self.config
-        self.device, self.dtype = torch.device(device), dtype
-        self.obs_dim, self.act_dim, self.max_action = obs_dim, act_dim, float(max_action)
+        c = init_agent(self, obs_dim, act_dim, max_action, config, device, dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             self.actor = TanhGaussianActor(obs_dim, act_dim, max_action, c.actor_hidden).to(self.device, dtype)

@@ -53,7 +53,7 @@ from .common import (
     constraint_step,
     load_opt_state,
 )
-from .td3bc import _check_finite, soft_update
+from .td3bc import _check_finite, init_agent, soft_update
 
 POLICIES = ("gaussian", "deterministic")
 
@@ -135,11 +135,7 @@ class IQL:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        self.config = config if config is not None else self.Config()
-        self.config.validate()
-        c = self.config
-        self.device, self.dtype = torch.device(device), dtype
-        self.obs_dim, self.act_dim, self.max_action = obs_dim, act_dim, float(max_action)
+        c = init_agent(self, obs_dim, act_dim, max_action, config, device, dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             if c.policy == "gaussian":

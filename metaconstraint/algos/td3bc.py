@@ -63,6 +63,18 @@ def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) ->
         torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
+def init_agent(
+    agent: Any, obs_dim: int, act_dim: int, max_action: float, config: Any, device: Any, dtype: torch.dtype
+) -> Any:
+    """The constructor preamble every agent shares: default and validated config, device,
+    dtype and sizes set on ``agent``. Returns the config."""
+    agent.config = config if config is not None else agent.Config()
+    agent.config.validate()
+    agent.device, agent.dtype = torch.device(device), dtype
+    agent.obs_dim, agent.act_dim, agent.max_action = obs_dim, act_dim, float(max_action)
+    return agent.config
+
+
 def _check_finite(name: str, value: Tensor, step: int, batch: Batch) -> None:
     if torch.isfinite(value).all():
         return
@@ -88,11 +100,7 @@ class TD3BC:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        self.config = config if config is not None else self.Config()
-        self.config.validate()
-        c = self.config
-        self.device, self.dtype = torch.device(device), dtype
-        self.obs_dim, self.act_dim, self.max_action = obs_dim, act_dim, float(max_action)
+        c = init_agent(self, obs_dim, act_dim, max_action, config, device, dtype)
         with torch.random.fork_rng(devices=[]):  # reproducible init without touching global RNG
             torch.manual_seed(c.seed)
             self.actor = Actor(obs_dim, act_dim, max_action, c.actor_hidden).to(self.device, dtype)
@@ -228,4 +236,4 @@ class TD3BC:
         self.rng.set_state(state["rng"])
 
 
-__all__ = ["TD3BC", "TD3BCConfig", "soft_update"]
+__all__ = ["TD3BC", "TD3BCConfig", "init_agent", "soft_update"]
