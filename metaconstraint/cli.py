@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs_dir", nargs="+", metavar="RUNS_DIR", help="folder(s) holding run directories")
     r.add_argument("--out", metavar="FILE.md", help="also write the report to this file")
     r.add_argument("--title", default="Results", help="report heading")
+    r.add_argument("--per-seed", action="store_true",
+                   help="add each run's final score (and a learned coefficient's end value and range)")
     r.set_defaults(func=cmd_report)
 
     x = sub.add_parser("export", help="write a run's policy as TorchScript (normalisation built in; needs only torch)",
@@ -326,7 +328,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_markdown
 
     try:
-        text = report_markdown(args.runs_dir, title=args.title)
+        text = report_markdown(args.runs_dir, title=args.title, per_seed=args.per_seed)
     except FileNotFoundError as err:
         return _fail(str(err))
     print(text, end="")

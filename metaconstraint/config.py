@@ -94,6 +94,7 @@ class RunConfig:
     keep_checkpoints: int = 3
     reward_scale: str | float = "none"  # none | locomotion | antmaze | a number
     normalize_obs: bool = True
+    tag: str = ""  # a free label; report and plot keep runs with different tags apart (ablations)
     agent: Any = None  # the algorithm's config dataclass
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,7 +37,8 @@ class RunData:
     @property
     def variant(self) -> str:
         """The algorithm, plus its critic when that is not the algorithm's default
-        (``td3bc (critic=robust)`` is TD3+BC*, a different method from ``td3bc``)."""
+        (``td3bc (critic=robust)`` is TD3+BC*, a different method from ``td3bc``), plus the
+        run's ``tag`` when it has one (``aspc [alpha_lr=0.25]``)."""
         critic = (self.config.get("agent") or {}).get("critic")
         try:
             from .algos import ALGORITHMS
@@ -45,7 +46,9 @@ class RunData:
             default = getattr(ALGORITHMS[self.algo].Config, "critic", None)
         except KeyError:
             default = None
-        return f"{self.algo} (critic={critic})" if critic and default and critic != default else self.algo
+        name = f"{self.algo} (critic={critic})" if critic and default and critic != default else self.algo
+        tag = self.config.get("tag")
+        return f"{name} [{tag}]" if tag else name
 
     @property
     def dataset(self) -> str:

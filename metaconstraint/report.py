@@ -3,7 +3,10 @@
 A run's final score is its last evaluation's normalised score (mean over that evaluation's
 episodes); a cell is the mean +- std over the runs (seeds) of that algorithm on that dataset,
 std with ddof=0. The coefficient (alpha for ASPC) is reported at the end of training the same way.
-Runs that did not finish are listed below the tables and left out of them.
+Runs that did not finish are listed below the tables and left out of them. Datasets are grouped
+by domain and ordered by data quality (random, medium-replay, medium, medium-expert, expert); with
+several domains each gets its own average row. ``per_seed=True`` adds every run's final score (and,
+for a learned coefficient, its end value and range over training) so disagreeing seeds show.
 """
 
 from __future__ import annotations
@@ -12,11 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import re
+
 import numpy as np
 
 from .plotting import GREEK, RunData, find_runs, load_run_data
 
-__all__ = ["Cell", "collect_runs", "report_markdown", "summarise"]
+__all__ = ["Cell", "collect_runs", "dataset_order", "report_markdown", "summarise"]
+
+# D4RL / Minari quality levels, poorest first (the longest match wins: medium-replay before medium)
+QUALITY = ["random", "medium-replay", "medium", "medium-expert", "expert"]
 
 
 @dataclass
@@ -30,6 +38,7 @@ class Cell:
     coef_key: str
     steps: list[int]
     seeds: list[int]
+    runs: list[RunData]
 
     def _fmt(self, values: list[float], digits: int) -> str:
         if not values:
@@ -79,8 +88,9 @@ def summarise(runs: Sequence[RunData]) -> tuple[dict[tuple[str, str], Cell], lis
             notes.append(f"`{run.path}`: left out, no normalised score (the dataset has no reference scores)")
             continue
         cell = cells.setdefault(
-            (run.variant, run.dataset), Cell(run.variant, run.dataset, [], [], run.coef_key, [], [])
+            (run.variant, run.dataset), Cell(run.variant, run.dataset, [], [], run.coef_key, [], [], [])
         )
+        cell.runs.append(run)
         cell.scores.append(float(score))
         if coef is not None:
             cell.coefs.append(float(coef))
@@ -94,6 +104,17 @@ def summarise(runs: Sequence[RunData]) -> tuple[dict[tuple[str, str], Cell], lis
     return cells, notes
 
 
+def dataset_order(name: str) -> tuple[str, int, str]:
+    """Sort key: (domain, quality rank, name); ``metaconstraint/hopper/medium-replay-v0`` and
+    ``hopper-medium-replay-v2`` both give domain ``hopper`` at rank 1."""
+    stem = re.sub(r"[-_]v\d+$", "", Path(name).stem if name.endswith((".hdf5", ".npz")) else name)
+    for level in sorted(QUALITY, key=len, reverse=True):
+        if stem == level or stem.endswith(("/" + level, "-" + level)):
+            domain = stem[: len(stem) - len(level)].rstrip("/-")
+            return domain.split("/")[-1] or domain, QUALITY.index(level), name
+    return stem, len(QUALITY), name
+
+
 def _table(cells: dict[tuple[str, str], Cell], algos: list[str], datasets: list[str], what: str) -> list[str]:
     lines = ["| dataset | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
     for d in datasets:
@@ -103,20 +124,48 @@ def _table(cells: dict[tuple[str, str], Cell], algos: list[str], datasets: list[
             row.append("–" if c is None else (c.score_text if what == "score" else c.coef_text))
         lines.append(f"| {d} | " + " | ".join(row) + " |")
     if what == "score" and len(datasets) > 1:
-        avg = []
-        for a in algos:
-            means = [float(np.mean(cells[(a, d)].scores)) for d in datasets if (a, d) in cells]
-            avg.append(f"{np.mean(means):.1f}" + ("" if len(means) == len(datasets) else f" ({len(means)} datasets)"))
-        lines.append("| **average** | " + " | ".join(avg) + " |")
+        domains: dict[str, list[str]] = {}
+        for d in datasets:
+            domains.setdefault(dataset_order(d)[0], []).append(d)
+        groups = list(domains.items()) if len(domains) > 1 else []
+        for label, group in groups + [("", datasets)]:
+            avg = []
+            for a in algos:
+                means = [float(np.mean(cells[(a, d)].scores)) for d in group if (a, d) in cells]
+                text = f"{np.mean(means):.1f}" if means else "–"
+                avg.append(text + ("" if len(means) in (0, len(group)) else f" ({len(means)} datasets)"))
+            name = f"**average, {label}** ({len(group)})" if label else "**average**"
+            lines.append(f"| {name} | " + " | ".join(avg) + " |")
     return lines
 
 
-def report_markdown(root: str | Path | Sequence[str | Path], title: str | None = None) -> str:
+def _per_seed(cells: dict[tuple[str, str], Cell], algos: list[str], datasets: list[str]) -> list[str]:
+    """One row per (dataset, algorithm): each seed's final score, with a learned coefficient's
+    end value and its range over training."""
+    seeds = sorted({s for c in cells.values() for s in c.seeds})
+    lines = ["| dataset | algorithm | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|" + "---|" * len(seeds)]
+    for d in datasets:
+        for a in algos:
+            cell = cells.get((a, d))
+            if cell is None:
+                continue
+            by_seed = {}
+            for run, score in zip(cell.runs, cell.scores):
+                lo, hi, end = (run.summary.get(k) for k in ("coef_min", "coef_max", "coef_end"))
+                learned = None not in (lo, hi, end) and hi > lo
+                by_seed[run.seed] = f"{score:.1f}" + (f" ({GREEK.get(cell.coef_key, cell.coef_key)} {end:.3f}, "
+                                                      f"{lo:.3f}–{hi:.3f})" if learned else "")
+            lines.append(f"| {d} | {a} | " + " | ".join(by_seed.get(s, "–") for s in seeds) + " |")
+    return lines
+
+
+def report_markdown(root: str | Path | Sequence[str | Path], title: str | None = None, per_seed: bool = False) -> str:
     """The markdown report of every run under ``root``."""
     runs = collect_runs(root)
     cells, notes = summarise(runs)
     algos = sorted({a for a, _ in cells})
-    datasets = sorted({d for _, d in cells})
+    datasets = sorted({d for _, d in cells}, key=dataset_order)
     lines = [f"# {title or 'Results'}", ""]
     if not cells:
         lines.append("No finished runs with normalised scores.")
@@ -128,6 +177,11 @@ def report_markdown(root: str | Path | Sequence[str | Path], title: str | None =
             *_table(cells, algos, datasets, "score"),
             "",
         ]
+        data = [(d, [r.summary["dataset_score"] for c in cells.values() if c.dataset == d for r in c.runs
+                     if r.summary.get("dataset_score") is not None]) for d in datasets]
+        if any(v for _, v in data):
+            lines += ["The datasets' own normalised score (mean episode return in the data): "
+                      + "; ".join(f"{d} {np.mean(v):.1f}" for d, v in data if v) + ".", ""]
         keys = sorted({c.coef_key for c in cells.values() if c.coefs})
         if keys:
             names = ", ".join(f"{GREEK.get(k, k)} ({k})" for k in keys)
@@ -138,7 +192,12 @@ def report_markdown(root: str | Path | Sequence[str | Path], title: str | None =
                 *_table(cells, algos, datasets, "coef"),
                 "",
             ]
+        if per_seed:
+            lines += ["Per seed: final normalised score; for a learned coefficient also its end value and "
+                      "its min–max over training:", "", *_per_seed(cells, algos, datasets), ""]
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
-    lines.append(f"{len(runs)} run(s) found; {sum(len(c.scores) for c in cells.values())} in the tables.")
+    walls = [float(r.summary["wall_s"]) for c in cells.values() for r in c.runs if r.summary.get("wall_s") is not None]
+    lines.append(f"{len(runs)} run(s) found; {sum(len(c.scores) for c in cells.values())} in the tables"
+                 + (f"; summed training wall time {sum(walls) / 60:.1f} min." if walls else "."))
     return "\n".join(lines) + "\n"

@@ -210,7 +210,7 @@ def test_report_tables_mean_and_std_over_seeds(runs, capsys, tmp_path):
     a = [float(load_run(made[("aspc", s)]).agent.constraint.value()) for s in (0, 1)]
     assert coef_cells[1] == f"{np.mean(a):.3f} ± {np.std(a):.3f} (n=2)"
     assert coef_cells[2] == "2.500 (n=1)"  # TD3+BC's alpha is fixed
-    assert "3 run(s) found; 3 in the tables." in out
+    assert "3 run(s) found; 3 in the tables; summed training wall time" in out
 
 
 def tiny_npz_path(made) -> str:
@@ -331,3 +331,65 @@ def test_report_and_plots_tell_critic_variants_apart():
     assert variant("td3bc", "plain") == "td3bc"
     assert variant("aspc", "robust") == "aspc"
     assert variant("aspc", "plain") == "aspc (critic=plain)"
+
+
+def test_a_tag_keeps_runs_of_one_algorithm_apart():
+    from pathlib import Path
+
+    from metaconstraint.plotting import RunData
+
+    def variant(config):
+        return RunData(Path("."), config, []).variant
+
+    assert variant({"algo": "aspc", "tag": "alpha_lr=0.25"}) == "aspc [alpha_lr=0.25]"
+    assert variant({"algo": "td3bc", "agent": {"critic": "robust"}, "tag": "x"}) == "td3bc (critic=robust) [x]"
+    assert variant({"algo": "aspc", "tag": ""}) == "aspc"
+    assert resolve(sets=["tag=ablation-L1"]).tag == "ablation-L1"
+
+
+def test_datasets_are_ordered_by_domain_then_quality():
+    from metaconstraint.report import dataset_order
+
+    names = ["metaconstraint/pendulum/expert-v0", "hopper-medium-v2", "metaconstraint/hopper/random-v0",
+             "metaconstraint/pendulum/medium-replay-v0", "metaconstraint/pendulum/medium-v0",
+             "data/hopper-medium-expert-v2.hdf5", "my-data.npz"]
+    assert sorted(names, key=dataset_order) == [
+        "metaconstraint/hopper/random-v0", "hopper-medium-v2", "data/hopper-medium-expert-v2.hdf5", "my-data.npz",
+        "metaconstraint/pendulum/medium-replay-v0", "metaconstraint/pendulum/medium-v0",
+        "metaconstraint/pendulum/expert-v0"]
+
+
+def _fake_run(root, name, algo, dataset, seed, score, coef=(2.5, 2.5, 2.5), tag=""):
+    """A finished run's files as `train` writes them (config.yaml, summary.json, metrics.csv)."""
+    import json
+
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"algo": algo, "dataset": dataset, "seed": seed, "tag": tag}))
+    (d / "metrics.csv").write_text("step,eval_score\n100,0.0\n")
+    lo, end, hi = coef
+    (d / "summary.json").write_text(json.dumps({
+        "status": "finished", "step": 100, "final_score": score, "coefficient": "alpha", "coef_min": lo,
+        "coef_end": end, "coef_max": hi, "dataset_score": 40.0, "wall_s": 1800.0}))
+
+
+def test_report_averages_each_domain_and_lists_seeds(tmp_path, capsys):
+    for seed, (a, b) in enumerate([(10.0, 30.0), (20.0, 50.0)]):
+        _fake_run(tmp_path, f"a-p-{seed}", "aspc", "metaconstraint/pendulum/medium-v0", seed, a, (2.4, 2.45, 2.5))
+        _fake_run(tmp_path, f"a-h-{seed}", "aspc", "metaconstraint/hopper/medium-v0", seed, b, (2.4, 2.45, 2.5))
+        _fake_run(tmp_path, f"t-h-{seed}", "aspc", "metaconstraint/hopper/medium-v0", seed, b + 10, tag="lr")
+    _fake_run(tmp_path, "a-h-e", "aspc", "metaconstraint/hopper/expert-v0", 0, 90.0, (2.5, 2.6, 2.7))
+    code, out, _ = main(["report", tmp_path, "--per-seed"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert "| dataset | aspc | aspc [lr] |" in lines
+    rows = [ln for ln in lines if ln.startswith("| ") and "(n=" in ln][:3]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| metaconstraint/hopper/medium-v0", "| metaconstraint/hopper/expert-v0", "| metaconstraint/pendulum/medium-v0"]
+    # hopper: aspc (40 + 90) / 2, all: (40 + 90 + 15) / 3; aspc [lr] ran on one hopper dataset only
+    assert "| **average, hopper** (2) | 65.0 | 50.0 (1 datasets) |" in lines
+    assert "| **average, pendulum** (1) | 15.0 | – |" in lines
+    assert "| **average** | 48.3 | 50.0 (1 datasets) |" in lines
+    assert "| metaconstraint/hopper/medium-v0 | aspc | 30.0 (α 2.450, 2.400–2.500) | 50.0 (α 2.450, 2.400–2.500) |" in lines
+    assert "| metaconstraint/hopper/medium-v0 | aspc [lr] | 40.0 | 60.0 |" in lines  # a fixed coefficient: no range
+    assert "summed training wall time 210.0 min." in out
