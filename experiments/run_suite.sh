@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Issue 9: the small-scale reproduction suite (Pendulum-v1 random / medium / medium-replay / expert).
+# Issue 9: the small-scale reproduction suite (Pendulum-v1 and Hopper-v5 datasets made here).
 #
 #   experiments/run_suite.sh            # datasets (if missing), all runs, then summarise
-#   experiments/run_suite.sh datasets   # only build the Pendulum datasets that are missing
+#   experiments/run_suite.sh datasets   # only build the datasets that are missing
 #   experiments/run_suite.sh runs       # only the training runs (finished runs are skipped)
 #   experiments/run_suite.sh summarise  # copy small run files to experiments/results, report + plot
 #
-# Every run uses the same settings (below); ASPC uses its one default configuration on every
-# dataset. Runs are ordered seed-major (all seed-0 runs first), so a suite cut short still has
-# complete seeds. Single-threaded torch, JOBS processes at a time, under nice.
+# Every run uses the same budget and network sizes (below); ASPC uses one configuration on every
+# dataset. VARIANTS, DATASETS and SEEDS (environment) pick a subset, e.g.
+#   VARIANTS="iql rebrac" DATASETS="hopper/medium" experiments/run_suite.sh runs
+# Runs are ordered seed-major (all seed-0 runs first), so a suite cut short still has complete
+# seeds. Single-threaded torch, JOBS processes at a time, under nice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -25,42 +27,63 @@ BATCH=256
 EVAL_EVERY=2000
 EVAL_EPISODES=10
 SEEDS="${SEEDS:-0 1 2}"
-DATASETS="${DATASETS:-random medium medium-replay expert}"
-# variant name -> "algo --set ..." (td3bc-robust: TD3+BC alpha=2.5 with ASPC's critic)
-VARIANTS=(aspc td3bc-robust td3bc-plain)
+ALL_DATASETS="pendulum/random pendulum/medium-replay pendulum/medium pendulum/expert pendulum/medium-expert
+              hopper/random hopper/medium-replay hopper/medium"
+DATASETS="${DATASETS:-$ALL_DATASETS}"
+ALL_VARIANTS="aspc td3bc-robust td3bc-plain aspc-alpha-lr-0.25 iql rebrac d3rlpy-td3plusbc"
+VARIANTS="${VARIANTS:-$ALL_VARIANTS}"
+# variant name -> "--algo ... --set ..."
+#   td3bc-robust: TD3+BC alpha=2.5 with ASPC's critic; td3bc-plain: the original 2-layer critic
+#   aspc-alpha-lr-0.25: ASPC with the alpha learning rate scaled by 1M / 8k steps = 125, so that alpha
+#     can travel as far in 8k steps as the spec's 2e-3 lets it in the paper's 1M (one setting, every dataset)
+#   iql: published Gym-MuJoCo settings (expectile 0.7, beta 3, rewards scaled to 1000 / return range)
+#   rebrac: its default settings
+#   d3rlpy-td3plusbc: the external peer, d3rlpy's TD3PlusBC (experiments/d3rlpy_peer.py; optional extra
+#     `bench`, slow here because of d3rlpy's per-item batch sampling, so run it on a few datasets:
+#     VARIANTS=d3rlpy-td3plusbc DATASETS="pendulum/medium pendulum/expert hopper/medium")
 variant_args() {
   case "$1" in
-    aspc)         echo "--algo aspc" ;;
-    td3bc-robust) echo "--algo td3bc --set critic=robust" ;;
-    td3bc-plain)  echo "--algo td3bc --set critic=plain" ;;
+    aspc)               echo "--algo aspc" ;;
+    aspc-alpha-lr-0.25) echo "--algo aspc --set alpha_lr=0.25 tag=alpha_lr=0.25" ;;
+    td3bc-robust)       echo "--algo td3bc --set critic=robust" ;;
+    td3bc-plain)        echo "--algo td3bc --set critic=plain" ;;
+    iql)                echo "--algo iql --set reward_scale=locomotion" ;;
+    rebrac)             echo "--algo rebrac" ;;
+    d3rlpy-td3plusbc)   echo "" ;;  # not `metaconstraint train`: see one_run
+    *) echo "unknown variant $1" >&2; return 2 ;;
   esac
 }
 
 stage="${1:-all}"
 
 datasets() {
-  local missing=0
+  local need=""
   for d in $DATASETS; do
-    [[ -f "$MINARI_DATASETS_PATH/metaconstraint/pendulum/$d-v0/data/main_data.hdf5" ]] || missing=1
+    [[ -f "$MINARI_DATASETS_PATH/metaconstraint/${d%%/*}/${d#*/}-v0/data/main_data.hdf5" ]] || need="$need ${d%%/*}"
   done
-  if (( missing )); then
-    nice -n 5 scripts/make_datasets.sh pendulum
-  else
-    echo "Pendulum datasets present in $MINARI_DATASETS_PATH"
-  fi
+  for domain in $(echo "$need" | tr ' ' '\n' | sort -u); do
+    nice -n 5 scripts/make_datasets.sh "$domain"
+  done
+  [[ -n "$need" ]] || echo "datasets present in $MINARI_DATASETS_PATH"
 }
 
-one_run() {  # variant dataset seed
+one_run() {  # variant domain/dataset seed
   local v="$1" d="$2" s="$3"
-  local dir="$RUNS_DIR/$v/$v-$d-s$s"
+  local dir="$RUNS_DIR/$v/$v-${d/\//-}-s$s"
   if [[ -f "$dir/summary.json" ]] && grep -q '"status": "finished"' "$dir/summary.json"; then
     echo "skip $dir (finished)"; return 0
   fi
   rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
   local t0=$SECONDS
+  if [[ "$v" == d3rlpy-td3plusbc ]]; then
+    nice -n 5 "$PY" experiments/d3rlpy_peer.py --dataset "metaconstraint/$d-v0" --steps "$STEPS" \
+      --batch-size "$BATCH" --width "$WIDTH" --eval-every "$EVAL_EVERY" --eval-episodes "$EVAL_EPISODES" \
+      --seed "$s" --run-dir "$dir" > "$dir.log" 2>&1 || echo "FAILED $dir (see $dir.log)"
+    echo "done $dir in $((SECONDS - t0)) s: $(tail -n 1 "$dir.log")"; return 0
+  fi
   # shellcheck disable=SC2046
   nice -n 5 "$PY" -m metaconstraint train $(variant_args "$v") \
-    --dataset "metaconstraint/pendulum/$d-v0" --preset quick --steps "$STEPS" --batch-size "$BATCH" \
+    --dataset "metaconstraint/$d-v0" --preset quick --steps "$STEPS" --batch-size "$BATCH" \
     --eval-every "$EVAL_EVERY" --eval-episodes "$EVAL_EPISODES" --seed "$s" --threads 1 \
     --checkpoint-every 0 --keep-checkpoints 1 --no-plots --quiet \
     --set actor_hidden="$WIDTH,$WIDTH" critic_width="$WIDTH" \
@@ -73,21 +96,14 @@ export RUNS_DIR STEPS WIDTH BATCH EVAL_EVERY EVAL_EPISODES PY
 runs() {
   mkdir -p "$RUNS_DIR"
   local t0=$SECONDS
-  # priority order (so a suite cut short is still informative): ASPC and TD3+BC with the same critic
-  # on seeds 0 and 1, TD3+BC with the plain critic on seed 0, then the rest seed by seed
-  local -a seeds=($SEEDS)
-  pair() { for d in $DATASETS; do for v in aspc td3bc-robust; do echo "$v $d $1"; done; done; }
-  plain() { for d in $DATASETS; do echo "td3bc-plain $d $1"; done; }
-  { for s in "${seeds[@]:0:2}"; do pair "$s"; done; plain "${seeds[0]}"
-    for s in "${seeds[@]:2}"; do pair "$s"; done
-    for s in "${seeds[@]:1}"; do plain "$s"; done; } \
+  for s in $SEEDS; do for v in $VARIANTS; do for d in $DATASETS; do echo "$v $d $s"; done; done; done \
     | xargs -P "$JOBS" -L 1 bash -c 'one_run "$0" "$1" "$2"'
   echo "all runs done in $((SECONDS - t0)) s"
 }
 
 summarise() {
   # Copy config.yaml, summary.json and metrics.csv of every run (a few tens of kB each).
-  for v in "${VARIANTS[@]}"; do
+  for v in $ALL_VARIANTS; do
     for dir in "$RUNS_DIR/$v"/*/; do
       [[ -f "$dir/summary.json" ]] || continue
       local out="$RESULTS_DIR/$v/$(basename "$dir")"
@@ -95,14 +111,12 @@ summarise() {
       cp "$dir/config.yaml" "$dir/summary.json" "$dir/metrics.csv" "$out/"
     done
   done
-  # `report` groups runs by algorithm name, so TD3+BC robust and plain are reported separately.
-  "$PY" -m metaconstraint report "$RESULTS_DIR/aspc" "$RESULTS_DIR/td3bc-robust" \
-    --title "ASPC vs TD3+BC (alpha = 2.5), both with the robust critic" --out "$RESULTS_DIR/report_robust_critic.md"
-  "$PY" -m metaconstraint report "$RESULTS_DIR/td3bc-plain" \
-    --title "TD3+BC (alpha = 2.5), plain critic" --out "$RESULTS_DIR/report_plain_critic.md"
-  "$PY" experiments/combined_table.py "$RESULTS_DIR" > "$RESULTS_DIR/table.md"
+  "$PY" -m metaconstraint report "$RESULTS_DIR" --per-seed \
+    --title "Issue 9: small-scale suite (8k steps, width 64, 3 seeds)" --out "$RESULTS_DIR/report.md"
   "$PY" -m metaconstraint plot "$RESULTS_DIR/aspc" --out "$RESULTS_DIR/plots_aspc"
-  rm -f "$RESULTS_DIR/plots_aspc/losses.png" "$RESULTS_DIR/plots_aspc/overview.png"  # keep the commit small
+  "$PY" -m metaconstraint plot "$RESULTS_DIR/aspc-alpha-lr-0.25" --out "$RESULTS_DIR/plots_aspc_alpha_lr"
+  # keep the commit small: only the alpha and score figures
+  find "$RESULTS_DIR"/plots_* -name '*.png' ! -name 'alpha.png' ! -name 'score.png' -delete
 }
 
 case "$stage" in
