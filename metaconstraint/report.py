@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import math
 import re
 
 import numpy as np
@@ -153,7 +154,8 @@ def _per_seed(cells: dict[tuple[str, str], Cell], algos: list[str], datasets: li
             by_seed = {}
             for run, score in zip(cell.runs, cell.scores):
                 lo, hi, end = (run.summary.get(k) for k in ("coef_min", "coef_max", "coef_end"))
-                learned = None not in (lo, hi, end) and hi > lo
+                # a fixed coefficient logs float32 and float64 copies of one value: not a range
+                learned = None not in (lo, hi, end) and not math.isclose(lo, hi, rel_tol=1e-6)
                 by_seed[run.seed] = f"{score:.1f}" + (f" ({GREEK.get(cell.coef_key, cell.coef_key)} {end:.3f}, "
                                                       f"{lo:.3f}–{hi:.3f})" if learned else "")
             lines.append(f"| {d} | {a} | " + " | ".join(by_seed.get(s, "–") for s in seeds) + " |")

@@ -377,7 +377,8 @@ def test_report_averages_each_domain_and_lists_seeds(tmp_path, capsys):
     for seed, (a, b) in enumerate([(10.0, 30.0), (20.0, 50.0)]):
         _fake_run(tmp_path, f"a-p-{seed}", "aspc", "metaconstraint/pendulum/medium-v0", seed, a, (2.4, 2.45, 2.5))
         _fake_run(tmp_path, f"a-h-{seed}", "aspc", "metaconstraint/hopper/medium-v0", seed, b, (2.4, 2.45, 2.5))
-        _fake_run(tmp_path, f"t-h-{seed}", "aspc", "metaconstraint/hopper/medium-v0", seed, b + 10, tag="lr")
+        _fake_run(tmp_path, f"t-h-{seed}", "aspc", "metaconstraint/hopper/medium-v0", seed, b + 10,
+                  (0.009999999776482582, 0.01, 0.01), tag="lr")
     _fake_run(tmp_path, "a-h-e", "aspc", "metaconstraint/hopper/expert-v0", 0, 90.0, (2.5, 2.6, 2.7))
     code, out, _ = main(["report", tmp_path, "--per-seed"], capsys)
     assert code == 0
@@ -391,5 +392,6 @@ def test_report_averages_each_domain_and_lists_seeds(tmp_path, capsys):
     assert "| **average, pendulum** (1) | 15.0 | – |" in lines
     assert "| **average** | 48.3 | 50.0 (1 datasets) |" in lines
     assert "| metaconstraint/hopper/medium-v0 | aspc | 30.0 (α 2.450, 2.400–2.500) | 50.0 (α 2.450, 2.400–2.500) |" in lines
-    assert "| metaconstraint/hopper/medium-v0 | aspc [lr] | 40.0 | 60.0 |" in lines  # a fixed coefficient: no range
+    # a fixed coefficient (here logged as float32 and float64 copies of 0.01) shows no range
+    assert "| metaconstraint/hopper/medium-v0 | aspc [lr] | 40.0 | 60.0 |" in lines
     assert "summed training wall time 210.0 min." in out
