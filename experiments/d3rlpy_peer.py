@@ -1,7 +1,8 @@
 """The external peer of issue 9: d3rlpy's TD3PlusBC on the suite's datasets, evaluated by our evaluator.
 
 The same budget and sizes as the suite's runs (steps, batch 256, 2 hidden layers of WIDTH for the
-actor and both critics, alpha 2.5, standardised observations, gamma 0.99, tau 0.005, target noise
+actor and both critics, alpha 2.5, standardised observations, actions scaled from the env's bounds
+to d3rlpy's [-1, 1], gamma 0.99, tau 0.005, target noise
 0.2 clipped at 0.5, actor every 2 critic steps). The data go through d3rlpy's own dataset and
 replay buffer; evaluation uses `metaconstraint.evaluation.evaluate` with the same episode count
 and start-state seed as `metaconstraint train` (1_000_000 + seed), so scores are comparable run by
@@ -49,7 +50,9 @@ def to_mdp_dataset(d3rlpy, t: data.Transitions):
     )
 
 
-def make_agent(d3rlpy, width: int, batch_size: int, seed: int):
+def make_agent(d3rlpy, width: int, batch_size: int, seed: int, action_low: np.ndarray, action_high: np.ndarray):
+    """d3rlpy's policy is tanh in [-1, 1]: the action scaler maps the env's bounds onto it (as our
+    agents' max_action does), else Pendulum's torques in [-2, 2] would be out of reach."""
     d3rlpy.seed(seed)
     enc = d3rlpy.models.encoders.VectorEncoderFactory(hidden_units=[width, width])
     cfg = d3rlpy.algos.TD3PlusBCConfig(
@@ -57,6 +60,7 @@ def make_agent(d3rlpy, width: int, batch_size: int, seed: int):
         actor_encoder_factory=enc, critic_encoder_factory=enc, gamma=0.99, tau=0.005,
         target_smoothing_sigma=0.2, target_smoothing_clip=0.5, alpha=2.5, update_actor_interval=2,
         n_critics=2, observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
+        action_scaler=d3rlpy.preprocessing.MinMaxActionScaler(minimum=action_low, maximum=action_high),
     )
     return cfg.create(device="cpu:0")
 
@@ -84,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
               "eval_every": a.eval_every, "eval_episodes": a.eval_episodes, "tag": "", "d3rlpy": d3rlpy.__version__,
               "agent": {"alpha": 2.5, "actor_hidden": [a.width, a.width], "critic_width": a.width}}
     (a.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    agent = make_agent(d3rlpy, a.width, a.batch_size, a.seed)
+    space = t.action_space
+    agent = make_agent(d3rlpy, a.width, a.batch_size, a.seed, np.asarray(space.low, np.float32),
+                       np.asarray(space.high, np.float32))
     t0, evals = time.perf_counter(), []
     for _, _metrics in agent.fitter(to_mdp_dataset(d3rlpy, t), n_steps=a.steps, n_steps_per_epoch=a.eval_every,
                                     logger_adapter=d3rlpy.logging.NoopAdapterFactory(), show_progress=False,
