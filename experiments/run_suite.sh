@@ -30,12 +30,15 @@ SEEDS="${SEEDS:-0 1 2}"
 ALL_DATASETS="pendulum/random pendulum/medium-replay pendulum/medium pendulum/expert pendulum/medium-expert
               hopper/random hopper/medium-replay hopper/medium"
 DATASETS="${DATASETS:-$ALL_DATASETS}"
-ALL_VARIANTS="aspc td3bc-robust td3bc-plain aspc-alpha-lr-0.25 iql rebrac d3rlpy-td3plusbc"
+ALL_VARIANTS="aspc td3bc-robust td3bc-plain aspc-alpha-lr-0.25 iql rebrac d3rlpy-td3plusbc
+              aspc-alpha-lr-0.25-L1 aspc-alpha-lr-0.25-dq-step"
 VARIANTS="${VARIANTS:-$ALL_VARIANTS}"
 # variant name -> "--algo ... --set ..."
 #   td3bc-robust: TD3+BC alpha=2.5 with ASPC's critic; td3bc-plain: the original 2-layer critic
 #   aspc-alpha-lr-0.25: ASPC with the alpha learning rate scaled by 1M / 8k steps = 125, so that alpha
 #     can travel as far in 8k steps as the spec's 2e-3 lets it in the paper's 1M (one setting, every dataset)
+#   aspc-alpha-lr-0.25-L1 / -dq-step: ablations of the above (outer loss L1 only; the paper text's
+#     delta_q = mean Q1(s, pi~) - mean Q1(s, pi) instead of the reference implementation's EMA)
 #   iql: published Gym-MuJoCo settings (expectile 0.7, beta 3, rewards scaled to 1000 / return range)
 #   rebrac: its default settings
 #   d3rlpy-td3plusbc: the external peer, d3rlpy's TD3PlusBC (experiments/d3rlpy_peer.py; optional extra
@@ -45,6 +48,8 @@ variant_args() {
   case "$1" in
     aspc)               echo "--algo aspc" ;;
     aspc-alpha-lr-0.25) echo "--algo aspc --set alpha_lr=0.25 tag=alpha_lr=0.25" ;;
+    aspc-alpha-lr-0.25-L1)      echo "--algo aspc --set alpha_lr=0.25 terms=L1 tag=alpha_lr=0.25,L1" ;;
+    aspc-alpha-lr-0.25-dq-step) echo "--algo aspc --set alpha_lr=0.25 delta_q=step tag=alpha_lr=0.25,delta_q=step" ;;
     td3bc-robust)       echo "--algo td3bc --set critic=robust" ;;
     td3bc-plain)        echo "--algo td3bc --set critic=plain" ;;
     iql)                echo "--algo iql --set reward_scale=locomotion" ;;
@@ -115,6 +120,10 @@ summarise() {
     --title "Issue 9: small-scale suite (8k steps, width 64, 3 seeds)" --out "$RESULTS_DIR/report.md"
   "$PY" -m metaconstraint plot "$RESULTS_DIR/aspc" --out "$RESULTS_DIR/plots_aspc"
   "$PY" -m metaconstraint plot "$RESULTS_DIR/aspc-alpha-lr-0.25" --out "$RESULTS_DIR/plots_aspc_alpha_lr"
+  for v in L1 dq-step; do
+    [[ -d "$RESULTS_DIR/aspc-alpha-lr-0.25-$v" ]] || continue
+    "$PY" -m metaconstraint plot "$RESULTS_DIR/aspc-alpha-lr-0.25-$v" --out "$RESULTS_DIR/plots_aspc_alpha_lr_$v"
+  done
   # keep the commit small: only the alpha and score figures
   find "$RESULTS_DIR"/plots_* -name '*.png' ! -name 'alpha.png' ! -name 'score.png' -delete
 }
