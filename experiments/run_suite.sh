@@ -3,7 +3,8 @@
 #
 #   experiments/run_suite.sh            # datasets (if missing), all runs, then summarise
 #   experiments/run_suite.sh datasets   # only build the datasets that are missing
-#   experiments/run_suite.sh runs       # only the training runs (finished runs are skipped)
+#   experiments/run_suite.sh runs       # the main training runs (finished runs are skipped)
+#   experiments/run_suite.sh extras     # d3rlpy's TD3PlusBC on 3 datasets, the 2 ablations on seeds 0-1
 #   experiments/run_suite.sh summarise  # copy small run files to experiments/results, report + plot
 #
 # Every run uses the same budget and network sizes (below); ASPC uses one configuration on every
@@ -30,9 +31,10 @@ SEEDS="${SEEDS:-0 1 2}"
 ALL_DATASETS="pendulum/random pendulum/medium-replay pendulum/medium pendulum/expert pendulum/medium-expert
               hopper/random hopper/medium-replay hopper/medium"
 DATASETS="${DATASETS:-$ALL_DATASETS}"
-ALL_VARIANTS="aspc td3bc-robust td3bc-plain aspc-alpha-lr-0.25 iql rebrac d3rlpy-td3plusbc
-              aspc-alpha-lr-0.25-L1 aspc-alpha-lr-0.25-dq-step"
-VARIANTS="${VARIANTS:-$ALL_VARIANTS}"
+MAIN_VARIANTS="aspc td3bc-robust td3bc-plain aspc-alpha-lr-0.25 iql rebrac"   # every dataset, 3 seeds
+EXTRA_VARIANTS="d3rlpy-td3plusbc aspc-alpha-lr-0.25-L1 aspc-alpha-lr-0.25-dq-step"  # subsets: see extras()
+ALL_VARIANTS="$MAIN_VARIANTS $EXTRA_VARIANTS"
+VARIANTS="${VARIANTS:-$MAIN_VARIANTS}"
 # variant name -> "--algo ... --set ..."
 #   td3bc-robust: TD3+BC alpha=2.5 with ASPC's critic; td3bc-plain: the original 2-layer critic
 #   aspc-alpha-lr-0.25: ASPC with the alpha learning rate scaled by 1M / 8k steps = 125, so that alpha
@@ -106,6 +108,11 @@ runs() {
   echo "all runs done in $((SECONDS - t0)) s"
 }
 
+extras() {  # what the committed results hold for the slower peer and the ablations
+  SEEDS="0 1 2" VARIANTS=d3rlpy-td3plusbc DATASETS="pendulum/medium pendulum/expert hopper/medium" runs
+  SEEDS="0 1" VARIANTS="aspc-alpha-lr-0.25-L1 aspc-alpha-lr-0.25-dq-step" DATASETS="$ALL_DATASETS" runs
+}
+
 summarise() {
   # Copy config.yaml, summary.json and metrics.csv of every run (a few tens of kB each).
   for v in $ALL_VARIANTS; do
@@ -131,7 +138,8 @@ summarise() {
 case "$stage" in
   datasets) datasets ;;
   runs) runs ;;
+  extras) extras ;;
   summarise) summarise ;;
-  all) datasets; runs; summarise ;;
-  *) echo "usage: $0 [all|datasets|runs|summarise]" >&2; exit 2 ;;
+  all) datasets; runs; extras; summarise ;;
+  *) echo "usage: $0 [all|datasets|runs|extras|summarise]" >&2; exit 2 ;;
 esac
