@@ -11,12 +11,11 @@ for a learned coefficient, its end value and range over training) so disagreeing
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
-
-import math
-import re
 
 import numpy as np
 
