@@ -187,6 +187,12 @@ def _draw(ax: Any, groups: dict[str, list[RunData]], key: str, *, log: bool = Fa
     return drew
 
 
+def spans_decades(values: Iterable[float], ratio: float = 10.0) -> bool:
+    """True when positive values span more than ``ratio`` (then a log axis keeps the small ones readable)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    return bool(v.size) and v.min() > 0 and v.max() / v.min() > ratio
+
+
 def _coef_label(key: str) -> str:
     return f"{GREEK.get(key, key)} ({key})" if key in GREEK else key
 
@@ -208,18 +214,24 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str =
     def save(fig: Any, name: str) -> None:
         path = out / f"{prefix}{name}.png"
         fig.tight_layout()
-        fig.savefig(path)
+        outside = [a.get_legend() for a in fig.axes if a.get_legend() is not None and not a.get_legend().get_in_layout()]
+        fig.savefig(path, bbox_inches="tight", bbox_extra_artists=outside)  # an outside legend stays in the picture
         written.append(path)
 
-    def coef_panel(ax: Any) -> None:
+    def coef_panel(ax: Any, legend_outside: bool = False) -> None:
         drew = False
         for key in coef_keys:
             sub = {k: [r for r in v if r.coef_key == key] for k, v in groups.items()}
             sub = {k: v for k, v in sub.items() if v}
             drew |= _draw(ax, sub, key, start=True, colors=colors)
+        if spans_decades(x for r in runs if r.coef_key in coef_keys for x in r.series(r.coef_key)[1]):
+            ax.set_yscale("log")  # e.g. alpha from 0.3 to 12 across datasets
         ax.set_ylabel(_coef_label(coef_key) if coef_key else "constraint coefficient")
         ax.set_title(f"constraint strength {GREEK.get(coef_key, coef_key) if coef_key else ''} vs step")
-        if drew:
+        if drew and legend_outside and len(groups) > 4:  # many lines: keep the legend off them
+            leg = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            leg.set_in_layout(False)  # the axes keep their size; savefig's tight box takes the legend in
+        elif drew:
             ax.legend(fontsize=8)
 
     def score_panel(ax: Any) -> None:
@@ -239,7 +251,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str =
             ax.legend(fontsize=8)
 
     fig, axes = _new_figure()
-    coef_panel(axes[0][0])
+    coef_panel(axes[0][0], legend_outside=True)
     save(fig, "alpha")
 
     fig, axes = _new_figure()

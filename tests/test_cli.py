@@ -395,3 +395,12 @@ def test_report_averages_each_domain_and_lists_seeds(tmp_path, capsys):
     # a fixed coefficient (here logged as float32 and float64 copies of 0.01) shows no range
     assert "| metaconstraint/hopper/medium-v0 | aspc [lr] | 40.0 | 60.0 |" in lines
     assert "summed training wall time 210.0 min." in out
+
+
+def test_coefficient_axis_goes_log_when_values_span_a_decade():
+    from metaconstraint.plotting import spans_decades
+
+    assert spans_decades([0.26, 2.5, 11.7])  # ASPC's alpha across datasets
+    assert not spans_decades([2.4, 2.5, 2.6])
+    assert not spans_decades([0.0, 5.0])  # a zero cannot go on a log axis
+    assert not spans_decades([])
