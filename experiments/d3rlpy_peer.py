@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.writer(f)
         w.writerow(["step", "eval_score", "eval_return"])
         w.writerows([e["step"], e["score"], e["return"]] for e in evals)
-    starts = np.flatnonzero(t.episode_starts)
-    data_return = float(np.mean(np.add.reduceat(t.rewards.astype(np.float64), starts)))
+    data_return = float(t.episode_returns().mean())
     summary = {"status": "finished", "algo": ALGO, "dataset": a.dataset, "seed": a.seed, "steps": a.steps,
                "step": a.steps, "final_score": evals[-1]["score"], "final_return": evals[-1]["return"],
                "dataset_score": float(normalized_score(t, data_return)), "coefficient": "alpha",
