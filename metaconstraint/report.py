@@ -36,9 +36,15 @@ class Cell:
     scores: list[float]
     coefs: list[float]
     coef_key: str
-    steps: list[int]
-    seeds: list[int]
     runs: list[RunData]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def steps(self) -> list[int]:
+        return [int(r.summary.get("step", r.config.get("steps", 0))) for r in self.runs]
 
     def _fmt(self, values: list[float], digits: int) -> str:
         if not values:
@@ -88,14 +94,12 @@ def summarise(runs: Sequence[RunData]) -> tuple[dict[tuple[str, str], Cell], lis
             notes.append(f"`{run.path}`: left out, no normalised score (the dataset has no reference scores)")
             continue
         cell = cells.setdefault(
-            (run.variant, run.dataset), Cell(run.variant, run.dataset, [], [], run.coef_key, [], [], [])
+            (run.variant, run.dataset), Cell(run.variant, run.dataset, [], [], run.coef_key, [])
         )
         cell.runs.append(run)
         cell.scores.append(float(score))
         if coef is not None:
             cell.coefs.append(float(coef))
-        cell.steps.append(int(run.summary.get("step", run.config.get("steps", 0))))
-        cell.seeds.append(run.seed)
     for cell in cells.values():
         if len(set(cell.seeds)) < len(cell.seeds):
             notes.append(f"{cell.algo} on {cell.dataset}: several runs share a seed ({sorted(cell.seeds)})")
