@@ -1,4 +1,4 @@
-"""The ``metaconstraint`` command: train, eval, collect, plot, report, export.
+"""The ``metaconstraint`` command: train, eval, collect, plot, report, sweep, export.
 
 ``metaconstraint train`` with no arguments trains ASPC on the built-in Pendulum dataset with
 the ``quick`` preset (a few minutes on 2 CPU cores) and prints the normalised score, the
@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   metaconstraint eval --run-dir runs/td3bc-s1 --episodes 20
   metaconstraint plot runs/aspc-* runs/td3bc-*           # overlay, mean ± std over seeds
   metaconstraint report runs/
+  metaconstraint sweep --algo aspc --seeds 0-2 --set alpha_lr=2e-3,0.25 --out runs/sweep   # 6 runs on Ray
   metaconstraint export --run-dir runs/td3bc-s1 --out policy.pt
 """
 
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
     pl.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/plots for one run, ./plots for several)")
+    pl.add_argument("--pool", nargs="+", default=[], metavar="SETTING",
+                    help="average runs whose settings differ only in these (default: runs with different settings "
+                         "are separate lines)")
     pl.set_defaults(func=cmd_plot)
 
     r = sub.add_parser("report", help="markdown table of final normalised scores, algorithm x dataset, over seeds",
@@ -171,7 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--title", default="Results", help="report heading")
     r.add_argument("--per-seed", action="store_true",
                    help="add each run's final score (and a learned coefficient's end value and range)")
+    r.add_argument("--pool", nargs="+", default=[], metavar="SETTING",
+                   help="average runs whose settings differ only in these, e.g. --pool alpha (default: a column is one "
+                        "configuration; runs with different settings are never averaged)")
     r.set_defaults(func=cmd_report)
+
+    from .sweep import add_parser as add_sweep
+
+    add_sweep(sub)
 
     x = sub.add_parser("export", help="write a run's policy as TorchScript (normalisation built in; needs only torch)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -317,7 +328,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         return _fail(str(err))
     out = Path(args.out) if args.out else (runs[0] / "plots" if len(runs) == 1 else Path("plots"))
-    paths = plot_runs(runs, out)
+    try:
+        paths = plot_runs(runs, out, pool=args.pool)
+    except ValueError as err:
+        return _fail(str(err))
     print(f"{len(runs)} run(s) plotted:")
     for p in paths:
         print(f"  {p}")
@@ -328,8 +342,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_markdown
 
     try:
-        text = report_markdown(args.runs_dir, title=args.title, per_seed=args.per_seed)
-    except FileNotFoundError as err:
+        text = report_markdown(args.runs_dir, title=args.title, per_seed=args.per_seed, pool=args.pool)
+    except (FileNotFoundError, ValueError) as err:
         return _fail(str(err))
     print(text, end="")
     if args.out:

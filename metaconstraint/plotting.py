@@ -1,21 +1,29 @@
 """Plots of one run or several: the constraint coefficient (alpha), losses, normalised score vs step.
 
-Runs with the same algorithm and dataset are one group: a group of several seeds is drawn as
-its mean with a +-1 std band over seeds (at the steps all its runs logged), a single run as a
-line (its score band is the std over evaluation episodes). Figures are drawn without pyplot
-(no display needed) and written as PNG.
+Runs are grouped by their full resolved configuration minus the seed (see :func:`settings_key`):
+runs whose settings differ are never drawn as one line unless asked (``pool``). A group of
+several seeds is drawn as its mean with a +-1 std band over seeds (at the steps all its runs
+logged), a single run as a line (its score band is the std over evaluation episodes). A group is
+labelled by the algorithm and the settings that differ from the algorithm's defaults
+(:func:`variant_labels`). Figures are drawn without pyplot (no display needed) and written as PNG.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["RunData", "find_runs", "load_run_data", "plot_run", "plot_runs"]
+__all__ = [
+    "NOT_RESULT", "RunData", "check_pool", "find_runs", "flat_settings", "group_runs", "load_run_data", "plot_run", "plot_runs",
+    "settings_key", "variant_labels",
+]
 
 LOSS_KEYS = (("critic_loss", True), ("actor_loss", False), ("bc_loss", True), ("q_mean", False))
 GREEK = {"alpha": "α", "beta": "β", "beta1": "β₁", "lambda": "λ"}
@@ -33,22 +41,6 @@ class RunData:
     @property
     def algo(self) -> str:
         return str(self.config.get("algo", "?"))
-
-    @property
-    def variant(self) -> str:
-        """The algorithm, plus its critic when that is not the algorithm's default
-        (``td3bc (critic=robust)`` is TD3+BC*, a different method from ``td3bc``), plus the
-        run's ``tag`` when it has one (``aspc [alpha_lr=0.25]``)."""
-        critic = (self.config.get("agent") or {}).get("critic")
-        try:
-            from .algos import ALGORITHMS
-
-            default = getattr(ALGORITHMS[self.algo].Config, "critic", None)
-        except KeyError:
-            default = None
-        name = f"{self.algo} (critic={critic})" if critic and default and critic != default else self.algo
-        tag = self.config.get("tag")
-        return f"{name} [{tag}]" if tag else name
 
     @property
     def dataset(self) -> str:
@@ -69,9 +61,8 @@ class RunData:
         except Exception:
             return "alpha"
 
-    @property
-    def label(self) -> str:
-        return f"{self.variant} / {self.dataset}"
+    def settings_key(self, pool: Sequence[str] = ()) -> str:
+        return settings_key(self.config, pool)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of the rows that have ``key``."""
@@ -85,15 +76,14 @@ class RunData:
 def load_run_data(run_dir: str | Path) -> RunData:
     import yaml
 
-    from .training import read_metrics
+    from .training import read_metrics, read_summary
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"'{run_dir}' is not a run directory (no config.yaml)")
     config = yaml.safe_load(cfg_path.read_text()) or {}
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_summary(run_dir)  # a damaged summary.json is skipped with a warning
     return RunData(run_dir, config, read_metrics(run_dir), summary)
 
 
@@ -114,11 +104,153 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
-def _groups(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
+# ----------------------------------------------------------------------------- grouping by configuration
+# Settings that do not split groups: seeds (what a group averages over); the device and how often the
+# trainer logs and checkpoints (they do not change what a run computes: a run resumed from any
+# checkpoint ends bit for bit where a straight one does); and the names of the presets, whose values
+# (steps, network sizes, an algorithm's per-dataset coefficients) are in config.yaml and compared
+# one by one. Everything else in config.yaml splits groups.
+NOT_RESULT = ("seed", "agent.seed", "eval_seed", "device", "log_every", "checkpoint_every", "keep_checkpoints",
+              "preset", "algo_preset")
+# Never shown in a label: the row/column itself, and a value that follows another setting.
+_NOT_LABELLED = ("algo", "dataset", "tag", "agent.planned_steps")
+
+
+def flat_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"steps": 8000, "agent": {"alpha": 2.5}}`` -> ``{"steps": 8000, "agent.alpha": 2.5}`` (tuples as lists)."""
+
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == "agent" and isinstance(value, Mapping):
+            out.update({f"agent.{k}": plain(v) for k, v in value.items()})
+        elif key != "agent":
+            out[str(key)] = plain(value)
+    return out
+
+
+def _pooled(key: str, pool: Sequence[str]) -> bool:
+    return key in pool or (key.startswith("agent.") and key[6:] in pool)
+
+
+def settings_key(config: Mapping[str, Any], pool: Sequence[str] = ()) -> str:
+    """What runs must share to be averaged together: every setting except the dataset (a report's
+    row), those in :data:`NOT_RESULT` and those named in ``pool`` (``alpha`` or ``agent.alpha``)."""
+    kept = {k: v for k, v in flat_settings(config).items()
+            if k != "dataset" and k not in NOT_RESULT and not _pooled(k, pool)}
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def format_value(value: Any) -> str:
+    """A setting's value as a label shows it (``[64, 64]`` -> ``64,64``; floats in their shortest exact form)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_value(v) for v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if value == "":
+        return "''"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _defaults(algo: str, dataset: str, preset: str | None) -> dict[str, Any] | None:
+    """The algorithm's defaults for a run: the flat settings ``metaconstraint train --algo ALGO --dataset
+    DATASET --preset PRESET`` would use (None for an algorithm this package does not know)."""
+    from .config import ConfigError, resolve
+
+    try:
+        return flat_settings(resolve(flags={"algo": algo, "dataset": dataset, "preset": preset}).to_dict())
+    except (ConfigError, ImportError, TypeError, ValueError):
+        return None
+
+
+def _non_default(config: Mapping[str, Any], pool: Sequence[str]) -> dict[str, Any] | None:
+    """The settings of ``config`` that differ from its algorithm's defaults, by display name (None: unknown algorithm)."""
+    flat = flat_settings(config)
+    preset = flat.get("preset")
+    defaults = _defaults(str(flat.get("algo")), str(flat.get("dataset")), preset if isinstance(preset, str) else None)
+    if defaults is None:
+        return None
+    run_keys = {k for k in flat if not k.startswith("agent.")}
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key in NOT_RESULT or key in _NOT_LABELLED or _pooled(key, pool) or key not in defaults:
+            continue
+        if defaults[key] != value:
+            name = key[6:] if key.startswith("agent.") and key[6:] not in run_keys else key
+            out[name] = value
+    return out
+
+
+def variant_labels(configs: Iterable[Mapping[str, Any]], pool: Sequence[str] = ()) -> tuple[dict[str, str], dict[str, Any]]:
+    """Labels for the groups among ``configs`` (by :func:`settings_key`), and the non-default settings that
+    every group of a known algorithm shares (stated once instead of in every label).
+
+    A label is the algorithm plus its settings that differ from the algorithm's defaults and are not
+    shared by all groups: ``aspc [alpha_lr=0.25]``. Groups that would still get the same label (say,
+    runs that differ only in ``tag``) also show the settings that tell them apart, so two different
+    configurations never share a label.
+    """
+    reps: dict[str, Mapping[str, Any]] = {}
+    for c in configs:
+        reps.setdefault(settings_key(c, pool), c)
+    diffs = {k: _non_default(c, pool) for k, c in reps.items()}
+    as_items = [{(n, json.dumps(v, default=str)) for n, v in d.items()} for d in diffs.values() if d is not None]
+    shared = set.intersection(*as_items) if len(as_items) > 1 else set()
+    common = {n: json.loads(v) for n, v in sorted(shared)}
+    labels: dict[str, str] = {}
+    for k, c in reps.items():
+        parts = {n: v for n, v in (diffs[k] or {}).items() if n not in common}
+        labels[k] = _label(str(c.get("algo", "?")), parts)
+    by_label: dict[str, list[str]] = {}
+    for k, lab in labels.items():
+        by_label.setdefault(lab, []).append(k)
+    for lab, keys in by_label.items():
+        if len(keys) < 2:
+            continue
+        flats = {k: flat_settings(reps[k]) for k in keys}
+        names = [n for n in dict.fromkeys(n for f in flats.values() for n in f)
+                 if n not in NOT_RESULT and n != "dataset" and not _pooled(n, pool)
+                 and len({json.dumps(f.get(n), default=str) for f in flats.values()}) > 1]
+        for k in keys:
+            extra = {n: flats[k].get(n) for n in names if not (n == "tag" and not flats[k].get(n))}
+            parts = {**{n: v for n, v in (diffs[k] or {}).items() if n not in common}, **extra}
+            labels[k] = _label(str(reps[k].get("algo", "?")), parts)
+    return labels, common
+
+
+def _label(algo: str, parts: Mapping[str, Any]) -> str:
+    return f"{algo} [{', '.join(f'{n}={format_value(v)}' for n, v in parts.items())}]" if parts else algo
+
+
+def describe_settings(settings: Mapping[str, Any]) -> str:
+    """``steps=8000, eval_every=2000``."""
+    return ", ".join(f"{n}={format_value(v)}" for n, v in settings.items())
+
+
+def check_pool(runs: Sequence[RunData], pool: Sequence[str]) -> None:
+    """A ``pool`` name that no run has is a typo: stop with the closest names."""
+    names = {k for r in runs for k in flat_settings(r.config)} | {k[6:] for r in runs for k in flat_settings(r.config)
+                                                                 if k.startswith("agent.")}
+    for name in pool:
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=3)
+            raise ValueError(f"--pool {name}: no run has a setting '{name}'"
+                             + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+
+def group_runs(runs: Sequence[RunData], pool: Sequence[str] = ()) -> tuple[dict[str, list[RunData]], dict[str, Any]]:
+    """Runs by ``"<variant label> / <dataset>"`` (same settings apart from the seed), and the settings
+    every group shares away from the defaults."""
+    labels, common = variant_labels((r.config for r in runs), pool)
     groups: dict[str, list[RunData]] = {}
     for r in runs:
-        groups.setdefault(r.label, []).append(r)
-    return groups
+        groups.setdefault(f"{labels[r.settings_key(pool)]} / {r.dataset}", []).append(r)
+    return groups, common
 
 
 def _aggregate(runs: Sequence[RunData], key: str, start: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -197,14 +329,17 @@ def _coef_label(key: str) -> str:
     return f"{GREEK.get(key, key)} ({key})" if key in GREEK else key
 
 
-def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str = "") -> list[Path]:
-    """Draw ``alpha.png``, ``score.png``, ``losses.png`` and ``overview.png`` into ``out_dir``."""
+def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str = "", pool: Sequence[str] = ()) -> list[Path]:
+    """Draw ``alpha.png``, ``score.png``, ``losses.png`` and ``overview.png`` into ``out_dir``.
+
+    Runs with different settings are separate lines; ``pool`` names settings to average over anyway."""
     runs = [load_run_data(p) for p in run_dirs]
     if not runs:
         raise ValueError("no runs to plot")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    groups = _groups(runs)
+    check_pool(runs, pool)
+    groups, common = group_runs(runs, pool)
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
     colors = {label: palette[i % len(palette)] for i, label in enumerate(groups)}
     coef_keys = sorted({r.coef_key for r in runs})
@@ -214,6 +349,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str =
     def save(fig: Any, name: str) -> None:
         path = out / f"{prefix}{name}.png"
         fig.tight_layout()
+        if common:  # the settings every line shares away from the defaults, once under the figure
+            fig.text(0.01, 0.0, textwrap.fill(f"all lines: {describe_settings(common)}", 140), fontsize=7, va="top")
         outside = [a.get_legend() for a in fig.axes if a.get_legend() is not None and not a.get_legend().get_in_layout()]
         fig.savefig(path, bbox_inches="tight", bbox_extra_artists=outside)  # an outside legend stays in the picture
         written.append(path)

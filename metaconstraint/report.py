@@ -1,7 +1,14 @@
-"""``report RUNS_DIR``: a markdown table of final normalised scores, algorithm x dataset, over seeds.
+"""``report RUNS_DIR``: a markdown table of final normalised scores, configuration x dataset, over seeds.
+
+A column is one configuration: runs are grouped by their full resolved settings minus the seed
+(and minus what does not change a result: device, logging and checkpoint cadence; see
+``plotting.NOT_RESULT``), so runs with different settings are never averaged together. ``pool``
+names settings to average over anyway; the report then says so. A column is labelled by the
+algorithm and the settings that differ from its defaults (``aspc [alpha_lr=0.25]``); settings
+every column shares away from the defaults are stated once above the table.
 
 A run's final score is its last evaluation's normalised score (mean over that evaluation's
-episodes); a cell is the mean +- std over the runs (seeds) of that algorithm on that dataset,
+episodes); a cell is the mean +- std over the runs (seeds) of that configuration on that dataset,
 std with ddof=0. The coefficient (alpha for ASPC) is reported at the end of training the same way.
 Runs that did not finish are listed below the tables and left out of them. Datasets are grouped
 by domain and ordered by data quality (random, medium-replay, medium, medium-expert, expert); with
@@ -19,7 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .plotting import GREEK, RunData, find_runs, load_run_data
+from .plotting import (GREEK, RunData, check_pool, describe_settings, find_runs, flat_settings, format_value,
+                       load_run_data, variant_labels)
 
 __all__ = ["Cell", "collect_runs", "dataset_order", "report_markdown", "summarise"]
 
@@ -29,7 +37,7 @@ QUALITY = ["random", "medium-replay", "medium", "medium-expert", "expert"]
 
 @dataclass
 class Cell:
-    """The runs of one algorithm on one dataset."""
+    """The runs of one configuration on one dataset (``algo``: the column's label)."""
 
     algo: str
     dataset: str
@@ -80,10 +88,11 @@ def _final(run: RunData) -> tuple[float | None, float | None]:
     return score, coef
 
 
-def summarise(runs: Sequence[RunData]) -> tuple[dict[tuple[str, str], Cell], list[str]]:
-    """Cells by (algo, dataset), and notes on runs left out."""
+def summarise(runs: Sequence[RunData], pool: Sequence[str] = ()) -> tuple[dict[tuple[str, str], Cell], list[str]]:
+    """Cells by (column label, dataset), and notes on runs left out or pooled."""
     cells: dict[tuple[str, str], Cell] = {}
     notes: list[str] = []
+    kept: list[tuple[RunData, float, float | None]] = []
     for run in runs:
         status = run.summary.get("status", "unknown (no summary.json)")
         if status != "finished":
@@ -93,9 +102,11 @@ def summarise(runs: Sequence[RunData]) -> tuple[dict[tuple[str, str], Cell], lis
         if score is None:
             notes.append(f"`{run.path}`: left out, no normalised score (the dataset has no reference scores)")
             continue
-        cell = cells.setdefault(
-            (run.variant, run.dataset), Cell(run.variant, run.dataset, [], [], run.coef_key, [])
-        )
+        kept.append((run, score, coef))
+    labels, _ = variant_labels((r.config for r, _, _ in kept), pool)
+    for run, score, coef in kept:
+        label = labels[run.settings_key(pool)]
+        cell = cells.setdefault((label, run.dataset), Cell(label, run.dataset, [], [], run.coef_key, []))
         cell.runs.append(run)
         cell.scores.append(float(score))
         if coef is not None:
@@ -105,7 +116,21 @@ def summarise(runs: Sequence[RunData]) -> tuple[dict[tuple[str, str], Cell], lis
             notes.append(f"{cell.algo} on {cell.dataset}: several runs share a seed ({sorted(cell.seeds)})")
         if len(set(cell.steps)) > 1:
             notes.append(f"{cell.algo} on {cell.dataset}: runs of different lengths ({sorted(set(cell.steps))} steps)")
+        pooled = _pooled_values(cell.runs, pool)
+        if pooled:
+            notes.append(f"{cell.algo} on {cell.dataset}: pooled as asked over runs with different "
+                         + "; ".join(f"{k} ({', '.join(v)})" for k, v in pooled.items()))
     return cells, notes
+
+
+def _pooled_values(runs: Sequence[RunData], pool: Sequence[str]) -> dict[str, list[str]]:
+    """The pooled settings whose values differ among ``runs``, with those values."""
+    out: dict[str, list[str]] = {}
+    for name in pool:
+        values = sorted({format_value(f.get(name, f.get(f"agent.{name}"))) for f in (flat_settings(r.config) for r in runs)})
+        if len(values) > 1:
+            out[name] = values
+    return out
 
 
 def dataset_order(name: str) -> tuple[str, int, str]:
@@ -165,10 +190,13 @@ def _per_seed(cells: dict[tuple[str, str], Cell], algos: list[str], datasets: li
     return lines
 
 
-def report_markdown(root: str | Path | Sequence[str | Path], title: str | None = None, per_seed: bool = False) -> str:
-    """The markdown report of every run under ``root``."""
+def report_markdown(root: str | Path | Sequence[str | Path], title: str | None = None, per_seed: bool = False,
+                    pool: Sequence[str] = ()) -> str:
+    """The markdown report of every run under ``root``; ``pool``: settings to average over (see the module doc)."""
     runs = collect_runs(root)
-    cells, notes = summarise(runs)
+    check_pool(runs, pool)
+    cells, notes = summarise(runs, pool)
+    _, common = variant_labels((c.runs[0].config for c in cells.values()), pool)
     algos = sorted({a for a, _ in cells})
     datasets = sorted({d for _, d in cells}, key=dataset_order)
     lines = [f"# {title or 'Results'}", ""]
@@ -176,6 +204,12 @@ def report_markdown(root: str | Path | Sequence[str | Path], title: str | None =
         lines.append("No finished runs with normalised scores.")
     else:
         lines += [
+            "A column is one configuration: runs are averaged only when all their settings except the seed agree "
+            "(device, logging and checkpoint cadence aside)"
+            + (f", and over {', '.join(pool)} as asked" if pool else "")
+            + ". Its label is the algorithm and the settings that differ from the algorithm's defaults"
+            + (f"; every column also has {describe_settings(common)}." if common else "."),
+            "",
             "Final normalised score (last evaluation; mean ± std over seeds, n = number of seeds; 100 = the "
             "dataset's expert reference, 0 = random):",
             "",

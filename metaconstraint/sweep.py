@@ -1,0 +1,596 @@
+"""``metaconstraint sweep``: every combination of a grid as its own ``train`` run, on Ray.
+
+A sweep is a list of runs planned from a YAML spec (read with ``yaml.safe_load``: data only) or
+from the same grid given as flags. Each run is one Ray task (``num_cpus``/``num_gpus`` per run,
+``max_retries`` for a worker that dies) that starts ``python -m metaconstraint train`` in a child
+process, into ``<out>/<variant>/<variant>-<dataset>-s<seed>``. The child is the command a user
+would type, so the run-directory lock, checkpoint checks, exact resume and exit codes come with it,
+a crash stays inside one run, and no state crosses runs (a fresh interpreter each time).
+
+Idempotent: a finished run is skipped, a run with a checkpoint resumes from it (``train
+--resume``), a run killed before its first checkpoint starts again. A worker killed mid-run (even
+with SIGKILL) takes its child with it (``PR_SET_PDEATHSIG`` on Linux); Ray retries the task, which
+resumes the run. Results come back through the filesystem: ``--out`` must be a folder every node
+sees (a shared filesystem on a cluster), because checkpoints must outlive any worker.
+
+Spec::
+
+    out: experiments/runs                # optional; --out overrides it
+    settings: {steps: 8000, actor_hidden: [64, 64]}   # every run (train settings, bare algorithm fields allowed)
+    grids:                               # each grid is crossed; the runs of all grids together
+      - configs:                         # optional: sets of settings that go together (one per variant)
+          - {name: aspc, algo: aspc}
+          - {name: td3bc-robust, algo: td3bc, critic: robust}
+        dataset: [metaconstraint/pendulum/medium-v0, metaconstraint/pendulum/expert-v0]
+        seed: 0-2                        # or a list
+        alpha_lr: [0.25]                 # any other key: a list of values, crossed
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from .config import ConfigError, RunConfig, algo_class, dataset_key, resolve
+from .plotting import format_value, settings_key
+
+__all__ = ["PlannedRun", "SpecError", "grid_from_flags", "load_spec", "plan", "run_state", "run_sweep"]
+
+EXTRA_HINT = "pip install 'metaconstraint[sweep]' (in a checkout: pip install -e '.[sweep]')"
+SPEC_KEYS = ("out", "settings", "grids")
+_RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"agent"}
+
+
+class SpecError(ConfigError):
+    """A sweep spec or grid that cannot be run; the message says what to change."""
+
+
+class RunKilled(RuntimeError):
+    """The train process died from a signal (not an error of its own): Ray retries the task."""
+
+
+@dataclass
+class PlannedRun:
+    name: str  # "<variant>/<variant>-<dataset>-s<seed>", relative to the sweep's folder
+    run_dir: Path
+    config: dict[str, Any]  # the fully resolved settings (RunConfig.to_dict())
+
+    @property
+    def label(self) -> str:
+        return self.name.split("/", 1)[-1]
+
+
+# ----------------------------------------------------------------------------- the grid
+def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
+    """``"0-2"`` -> [0, 1, 2]; ``"0,3"``, ``[0, 3]`` and ``5`` work too."""
+    items = value if isinstance(value, list) else [value]
+    seeds: list[int] = []
+    for item in items:
+        text = str(item).strip()
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+            if m and int(m.group(1)) <= int(m.group(2)):
+                seeds += range(int(m.group(1)), int(m.group(2)) + 1)
+            elif part.isdigit():
+                seeds.append(int(part))
+            else:
+                raise SpecError(f"{where}: expected seeds like 0-2, 0,3 or a list of integers >= 0, got {item!r}")
+    if not seeds:
+        raise SpecError(f"{where}: no seeds given")
+    return list(dict.fromkeys(seeds))
+
+
+def parse_set(items: Iterable[str]) -> dict[str, list[Any]]:
+    """``["alpha_lr=0.25,0.5", "actor_hidden=[64,64],[32,32]"]`` -> each key's list of values.
+
+    Values are read as a YAML flow sequence: a comma separates values, brackets keep a list value
+    together, quotes keep a comma inside a string."""
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise SpecError(f"--set expects key=value or key=v1,v2 (e.g. --set alpha_lr=0.25,0.5), got {item!r}")
+        try:
+            values = yaml.safe_load(f"[{text}]")
+        except yaml.YAMLError as err:
+            raise SpecError(f"--set {item!r}: cannot read the values ({str(err).splitlines()[0]}); quote a value "
+                            "that holds a comma, bracket a list value: actor_hidden=[64,64],[32,32]") from None
+        if key in out:
+            raise SpecError(f"--set {key} is given twice; list all its values once: --set {key}=v1,v2")
+        out[key] = values
+    return out
+
+
+def grid_from_flags(algos: Sequence[str] | None, datasets: Sequence[str] | None, seeds: str | None,
+                    sets: Iterable[str], out: str | None) -> dict[str, Any]:
+    """The spec that ``--algo ... --dataset ... --seeds ... --set k=v1,v2`` describe (one grid)."""
+    grid: dict[str, Any] = {}
+    if algos:
+        grid["algo"] = list(algos)
+    if datasets:
+        grid["dataset"] = list(datasets)
+    grid["seed"] = parse_seeds(seeds, "--seeds") if seeds is not None else [0]
+    settings: dict[str, Any] = {}
+    for key, values in parse_set(sets).items():
+        if key in ("algo", "dataset", "seed"):
+            raise SpecError(f"--set {key}=... : use --{'seeds' if key == 'seed' else key} for that axis")
+        if len(values) == 1:
+            settings[key] = values[0]  # one value: a setting of every run, not an axis
+        else:
+            grid[key] = values
+    return {"out": out, "settings": settings, "grids": [grid]}
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    """A sweep spec file as plain data (``yaml.safe_load``: tags that would build objects are refused)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"sweep spec '{p}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"sweep spec '{p}' is not plain YAML data: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"sweep spec '{p}' must be a mapping with {', '.join(SPEC_KEYS)}; it holds a {type(data).__name__}")
+    return data
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{where} must be a mapping of settings (key: value), not {type(value).__name__}")
+    return {str(k): v for k, v in value.items()}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _nested(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat settings (``alpha_lr``, ``agent.alpha_lr``, ``steps``) as the run config's layout."""
+    algo = values.get("algo", RunConfig.algo)
+    fields = {f.name for f in dataclasses.fields(algo_class(str(algo)).Config)}
+    out: dict[str, Any] = {}
+    agent: dict[str, Any] = dict(_mapping(values.get("agent"), "agent"))
+    for key, value in values.items():
+        if key == "agent":
+            continue
+        if key.startswith("agent."):
+            agent[key[6:]] = value
+        elif key not in _RUN_FIELDS and key in fields:
+            agent[key] = value
+        else:
+            out[key] = value  # a run setting, or an unknown key that resolve() names with suggestions
+    if agent:
+        out["agent"] = agent
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.=,+-]+", "_", text).strip("_") or "run"
+
+
+def plan(spec: Mapping[str, Any], out: str | Path | None = None) -> list[PlannedRun]:
+    """Every run of the spec, resolved and checked (a bad setting anywhere stops before any run starts).
+
+    Runs are ordered seed-major (all seed-0 runs first), so a sweep cut short has complete seeds."""
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise SpecError(f"unknown key(s) in the sweep spec: {', '.join(unknown)}; it takes {', '.join(SPEC_KEYS)}")
+    out = out if out is not None else spec.get("out")
+    if not out:
+        raise SpecError("say where the runs go: --out DIR (or out: DIR in the spec)")
+    root = Path(str(out))
+    common = _mapping(spec.get("settings"), "settings")
+    grids = spec.get("grids")
+    if not isinstance(grids, list) or not grids:
+        raise SpecError("the sweep spec needs grids: a list of mappings (each: dataset, seed, configs, other keys)")
+    runs: list[tuple[int, PlannedRun]] = []
+    for gi, grid in enumerate(grids, 1):
+        grid = _mapping(grid, f"grids[{gi}]")
+        if "seed" in grid and "seeds" in grid:
+            raise SpecError(f"grids[{gi}]: give seed or seeds, not both")
+        seeds = parse_seeds(grid.pop("seed", grid.pop("seeds", common.get("seed", 0))), f"grids[{gi}].seed")
+        has_configs = "configs" in grid
+        configs = grid.pop("configs", [{}])
+        if not isinstance(configs, list) or not configs:
+            raise SpecError(f"grids[{gi}].configs must be a non-empty list of mappings")
+        configs = [_mapping(c, f"grids[{gi}].configs[{ci}]") for ci, c in enumerate(configs, 1)]
+        datasets = _as_list(grid.pop("dataset", common.get("dataset", RunConfig.dataset)))
+        axes = {k: _as_list(v) for k, v in grid.items()}
+        for k, v in axes.items():
+            if not v:
+                raise SpecError(f"grids[{gi}].{k} is an empty list: give at least one value")
+        varying = {k for k, v in axes.items() if len(v) > 1}  # what a run directory's name shows
+        for seed in seeds:
+            for ci, cfg in enumerate(configs, 1):
+                where = f"grids[{gi}].configs[{ci}]" if has_configs else f"grids[{gi}]"
+                name = cfg.get("name")
+                settings = {k: v for k, v in cfg.items() if k != "name"}
+                for combo in itertools.product(*axes.values()):
+                    for dataset in datasets:
+                        run = _plan_one(root, common, settings, dict(zip(axes, combo)), name, dataset, seed, where,
+                                        varying)
+                        runs.append((seed, run))
+    ordered = [r for _, r in sorted(runs, key=lambda t: t[0])]  # stable: grid order within a seed
+    seen: dict[Path, PlannedRun] = {}
+    for r in ordered:
+        if r.run_dir in seen:
+            raise SpecError(f"two runs of the sweep would share the run directory {r.run_dir} (the grid repeats a "
+                            "combination, or two configs share a name)")
+        seen[r.run_dir] = r
+    return ordered
+
+
+def _plan_one(root: Path, common: Mapping[str, Any], cfg: Mapping[str, Any], chosen: Mapping[str, Any],
+              name: str | None, dataset: Any, seed: int, where: str, varying: set[str]) -> PlannedRun:
+    values = {**common, **cfg, **chosen, "dataset": dataset, "seed": seed}
+    try:
+        config = resolve(data=_nested(values))
+    except ConfigError as err:
+        raise SpecError(f"{where} ({values.get('algo', RunConfig.algo)}, dataset {dataset}, seed {seed}): {err}") from None
+    if name is None:
+        shown = {**cfg, **{k: v for k, v in chosen.items() if k in varying}}
+        parts = [f"{k}={format_value(v)}" for k, v in shown.items() if k != "algo"]
+        name = "-".join([config.algo, *parts])
+    variant = _slug(str(name))
+    leaf = f"{variant}-{_slug(dataset_key(config.dataset))}-s{seed}"
+    return PlannedRun(f"{variant}/{leaf}", root / variant / leaf, config.to_dict())
+
+
+# ----------------------------------------------------------------------------- one run (a Ray task)
+def run_state(run_dir: str | Path) -> str:
+    """``new``, ``finished``, ``diverged``, ``resume`` (has a checkpoint) or ``restart`` (started, no checkpoint)."""
+    d = Path(run_dir)
+    if not (d / "config.yaml").is_file():
+        return "new"
+    try:
+        status = json.loads((d / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = None
+    if status in ("finished", "diverged"):
+        return str(status)
+    return "resume" if any((d / "checkpoints").glob("step_*.pt")) else "restart"
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        s = json.loads((run_dir / "summary.json").read_text())
+        return s if isinstance(s, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the train process gets SIGKILL when the worker that started it dies (else it would outlive
+    the worker and race the retried task for the run directory)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _clear_unstarted(run_dir: Path) -> None:
+    """A run killed before its first checkpoint has nothing to resume from: clear it (under the run's
+    lock when the trainer provides one, so a live writer is never touched) and start it again."""
+    from . import training
+
+    lock_cls = getattr(training, "RunLock", None)
+    lock = lock_cls(run_dir).acquire() if lock_cls is not None else None
+    try:
+        for p in run_dir.iterdir():
+            if p.name == ".lock":
+                continue
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _error_line(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    errors = [ln for ln in lines if ln.startswith("error:") or ln.split(":", 1)[0].endswith(("Error", "Exception"))]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
+def run_one(run_dir: str, config: Mapping[str, Any], threads: int, env: Mapping[str, str], plots: bool,
+            cwd: str | None) -> dict[str, Any]:
+    """Bring one run to its end: skip it if finished, resume it, or start it; ``train`` runs in a child
+    process whose output goes to ``<run_dir>.log``. Returns what the driver prints."""
+    d = Path(run_dir)
+    host = socket.gethostname()
+    if not d.parent.parent.is_dir():
+        return {"status": "failed", "error": f"{d.parent.parent} is not visible on {host}: --out must be a folder "
+                "every node of the cluster sees (a shared filesystem)"}
+    state = run_state(d)
+    if state in ("finished", "diverged"):
+        return {"status": "skipped" if state == "finished" else "failed", "summary": _summary(d),
+                "error": "diverged (see its summary.json); delete the run directory to run it again"}
+    d.parent.mkdir(parents=True, exist_ok=True)
+    log = d.parent / f"{d.name}.log"
+    cmd = [sys.executable, "-m", "metaconstraint", "train", "--quiet", "--threads", str(threads)]
+    cmd += [] if plots else ["--no-plots"]
+    resumed_from = None
+    tmp = None
+    if state == "resume":
+        steps = sorted(int(p.stem.split("_")[-1]) for p in (d / "checkpoints").glob("step_*.pt"))
+        resumed_from = steps[-1] if steps else None
+        cmd += ["--resume", str(d)]
+    else:
+        if state == "restart":
+            _clear_unstarted(d)
+        tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="sweep-", delete=False)
+        with tmp:
+            yaml.safe_dump(dict(config), tmp, sort_keys=False)
+        cmd += ["--config", tmp.name, "--run-dir", str(d)]
+    child_env = {**os.environ, **env, "OMP_NUM_THREADS": str(threads)}
+    t0 = time.time()
+    try:
+        with open(log, "a") as f:
+            f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} on {host} (pid {os.getpid()}): {' '.join(cmd)}\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env, cwd=cwd,
+                                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            try:
+                code = proc.wait()
+            except KeyboardInterrupt:  # the sweep was stopped (ray.cancel): let train checkpoint, then stop
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=600)
+                raise
+    finally:
+        if tmp is not None:
+            os.unlink(tmp.name)
+    if code < 0:
+        raise RunKilled(f"{d.name}: train was killed by signal {-code} on {host} (log: {log})")
+    summary = _summary(d)
+    result = {"status": "finished" if code == 0 and summary.get("status") == "finished" else "failed",
+              "summary": summary, "wall_s": time.time() - t0, "resumed_from": resumed_from, "host": host}
+    if result["status"] == "failed":
+        result["error"] = f"exit status {code}: {_error_line(log)} (log: {log})"
+    return result
+
+
+# ----------------------------------------------------------------------------- the driver
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise SpecError(f"sweep runs on Ray, which is not installed: {EXTRA_HINT}") from None
+    return ray
+
+
+def _describe(result: Mapping[str, Any]) -> str:
+    s = result.get("summary") or {}
+    bits = []
+    if s.get("final_score") is not None:
+        bits.append(f"score {s['final_score']:.1f}")
+    elif s.get("final_return") is not None:
+        bits.append(f"return {s['final_return']:.1f}")
+    if s.get("coef_end") is not None:
+        bits.append(f"{s.get('coefficient') or 'alpha'} {s['coef_end']:.3f}")
+    if result.get("wall_s") is not None:
+        bits.append(f"{result['wall_s']:.0f} s")
+    if result.get("resumed_from") is not None:
+        bits.append(f"resumed from step {result['resumed_from']}")
+    return ", ".join(bits)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s} s")
+
+
+def _check_existing(runs: Sequence[PlannedRun]) -> None:
+    """A run directory that holds other settings than the sweep's: stop before anything runs."""
+    bad = []
+    for r in runs:
+        path = r.run_dir / "config.yaml"
+        if not path.is_file():
+            continue
+        try:
+            have = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            have = {}
+        same = isinstance(have, dict) and settings_key(have) == settings_key(r.config) and all(
+            have.get(k) == r.config.get(k) for k in ("dataset", "seed", "eval_seed"))
+        if not same:
+            bad.append(r.run_dir)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise SpecError(f"{bad[0]}{more} already holds a run with other settings than this sweep's; move it away or "
+                        "choose another --out")
+
+
+def run_sweep(runs: Sequence[PlannedRun], *, address: str | None = None, cpus_per_run: float = 1.0,
+              gpus_per_run: float = 0.0, max_parallel: int | None = None, retries: int = 3, plots: bool = False,
+              echo: Any = print) -> dict[str, dict[str, Any]]:
+    """Bring every run to its end on Ray; returns each run's result by name (status finished, skipped or failed)."""
+    _check_existing(runs)
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for r in runs:
+        state = run_state(r.run_dir)
+        if state in ("finished", "diverged"):
+            results[r.name] = run_one(str(r.run_dir), r.config, 1, {}, plots, None)  # reads the summary only
+        else:
+            todo.append((r, state))
+    counts = {s: sum(1 for _, st in todo if st == s) for s in ("new", "resume", "restart")}
+    echo(f"sweep: {len(runs)} runs; {sum(1 for v in results.values() if v['status'] == 'skipped')} finished "
+         f"already (skipped), {counts['resume']} to resume, {counts['new'] + counts['restart']} to start")
+    for name, res in results.items():
+        if res["status"] == "failed":
+            echo(f"  FAILED {name}: {res['error']}")
+    if not todo:
+        return results
+    ray = _import_ray()
+    from tqdm.auto import tqdm
+
+    threads = max(1, int(cpus_per_run))
+    env = {k: os.environ[k] for k in ("MINARI_DATASETS_PATH", "MPLBACKEND") if k in os.environ}
+    cwd = os.getcwd()
+    started = not ray.is_initialized()
+    if started:
+        kw: dict[str, Any] = {"address": address, "log_to_driver": False}
+        if address is None:  # a local instance: small object store (only configs and summaries travel)
+            kw.update(include_dashboard=False, object_store_memory=128 * 1024 ** 2)
+        ray.init(**kw)
+    task = ray.remote(run_one).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=retries,
+                                       retry_exceptions=[RunKilled])
+    queue = list(todo)
+    pending: dict[Any, PlannedRun] = {}
+    root = Path(os.path.commonpath([str(r.run_dir.parent.parent.resolve()) for r in runs]))
+    root.mkdir(parents=True, exist_ok=True)  # workers check that they see it (a shared filesystem)
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(runs), initial=len(results), unit="run", desc="sweep", dynamic_ncols=True, file=sys.stderr,
+               disable=not tty)
+    t0, done0 = time.time(), len(results)
+
+    def line(text: str) -> str:  # without a terminal (no bar), each line carries the count and the ETA
+        if tty:
+            return text
+        done = len(results)
+        eta = (time.time() - t0) / max(1, done - done0) * (len(runs) - done)
+        return f"[{done}/{len(runs)}, ETA {_duration(eta) if done < len(runs) else '0 s'}]{text}"
+
+    try:
+        while queue or pending:
+            while queue and (max_parallel is None or len(pending) < max_parallel):
+                r, _ = queue.pop(0)
+                pending[task.remote(str(r.run_dir.resolve()), r.config, threads, env, plots, cwd)] = r
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                r = pending.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except ray.exceptions.RayError as err:  # retries used up (worker died, or train killed)
+                    lines = [ln for ln in str(err).splitlines() if ln.strip()]
+                    res = {"status": "failed", "error": f"{type(err).__name__}: {lines[-1] if lines else err} "
+                           f"(after {retries} retries)"}
+                results[r.name] = res
+                if res["status"] == "failed":
+                    bar.write(line(f"  FAILED {r.name}: {res['error']}"), file=sys.stdout)
+                else:
+                    bar.write(line(f"  {res['status']:>8} {r.name}: {_describe(res)}"), file=sys.stdout)
+                bar.update(1)
+    except KeyboardInterrupt:
+        bar.write(f"stopping: {len(pending)} running run(s) checkpoint and stop; run the same sweep again to resume")
+        for ref in pending:
+            ray.cancel(ref)
+        ray.wait(list(pending), num_returns=len(pending), timeout=120)
+        raise
+    finally:
+        bar.close()
+        if started:
+            ray.shutdown()
+    return results
+
+
+def cli_sweep(args: argparse.Namespace) -> int:
+    """``metaconstraint sweep``: plan, run on Ray, print one line per run and the report; exit 1 if a run failed."""
+    flags = [f for f, v in (("--algo", args.algo), ("--dataset", args.dataset), ("--seeds", args.seeds),
+                            ("--set", args.set)) if v]
+    if args.spec and flags:
+        raise SpecError(f"give a spec file or the grid flags ({', '.join(flags)}), not both")
+    if args.spec:
+        spec = load_spec(args.spec)
+    else:
+        spec = grid_from_flags(args.algo, args.dataset, args.seeds, [s for group in args.set for s in group], args.out)
+    if not args.dry_run:
+        _import_ray()  # before planning: without the extra, one line and nothing else
+    runs = plan(spec, args.out)
+    if args.gpus_per_run > 0 and any(not str(r.config.get("device", "cpu")).startswith("cuda") for r in runs):
+        print("note: --gpus-per-run reserves GPUs, but some runs train on the CPU; add --set device=cuda", file=sys.stderr)
+    if args.dry_run:
+        for r in runs:
+            print(f"{run_state(r.run_dir):>9}  {r.run_dir}")
+        print(f"{len(runs)} runs planned (dry run: nothing started)")
+        return 0
+    results = run_sweep(runs, address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                        max_parallel=args.max_parallel, retries=args.retries, plots=args.plots)
+    failed = [n for n, res in results.items() if res["status"] == "failed"]
+    from .report import report_markdown
+
+    have = [r.run_dir for r in runs if (r.run_dir / "config.yaml").is_file()]
+    if have:
+        text = report_markdown(have, title=f"Sweep: {args.spec or 'grid from flags'}")
+        print("\n" + text, end="")
+        out = runs[0].run_dir.parent.parent / "report.md"
+        out.write_text(text)
+        print(f"(also written to {out})")
+    print(f"sweep done: {len(results) - len(failed)} of {len(results)} runs finished"
+          + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def add_parser(sub: Any) -> None:
+    """The ``sweep`` subcommand (registered by ``metaconstraint.cli``)."""
+    from .cli import _nonneg_int, _positive_int
+
+    def resources(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+        return v
+
+    s = sub.add_parser(
+        "sweep", help="run a grid of train runs (algorithms x datasets x seeds x settings) on Ray",
+        description=(
+            "Run every combination of a grid as its own `train` run, on a local Ray instance (default) or an existing "
+            "Ray cluster (--address). Each run gets the usual run directory under the results folder; finished runs "
+            "are skipped, interrupted ones resume, a run whose worker dies is retried and resumes. At the end the "
+            "report table of the sweep is printed (and written to OUT/report.md). Needs the 'sweep' extra (Ray)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  metaconstraint sweep experiments/suite.yaml\n"
+            "  metaconstraint sweep --algo aspc td3bc --dataset pendulum-medium --seeds 0-2 --out runs/grid\n"
+            "  metaconstraint sweep --algo aspc --seeds 0-1 --set alpha_lr=2e-3,0.25 --set steps=4000 --out runs/lr\n"
+            "  metaconstraint sweep SPEC.yaml --address ray-head:6379 --out /shared/runs   # an existing cluster\n"
+            "\n--set KEY=V1,V2 makes KEY an axis of the grid (values crossed with everything else); a list value goes\n"
+            "in brackets (actor_hidden=[64,64],[32,32]). Exit status: 0 all runs finished, 1 some failed, 2 bad input."
+        ),
+    )
+    a = s.add_argument
+    a("spec", nargs="?", metavar="SPEC.yaml", help="sweep spec (YAML data: out, settings, grids); or use the flags below")
+    a("--algo", nargs="+", metavar="ALGO", help="algorithms (an axis of the grid)")
+    a("--dataset", nargs="+", metavar="ID_OR_PATH", help="datasets (an axis; default: pendulum-medium)")
+    a("--seeds", metavar="0-2", help="seeds: a range 0-2, a list 0,3,7 (default: 0)")
+    a("--set", action="append", nargs="+", default=[], metavar="KEY=V1,V2",
+      help="a setting and its values (an axis of the grid); repeatable")
+    a("--out", metavar="DIR", help="the results folder: run directories go to DIR/<variant>/ (required without a spec's out:)")
+    a("--cpus-per-run", type=resources, default=1.0, metavar="N", help="CPUs Ray reserves per run (and torch threads)")
+    a("--gpus-per-run", type=resources, default=0.0, metavar="N", help="GPUs Ray reserves per run (fractions allowed)")
+    a("--max-parallel", type=_positive_int, metavar="N", help="at most N runs at once (default: as many as the resources allow)")
+    a("--address", metavar="HOST:PORT", help="join an existing Ray cluster (default: start a local instance; 'auto' finds "
+                                              "one started with `ray start` on this machine)")
+    a("--retries", type=_nonneg_int, default=3, metavar="N", help="times Ray retries a run whose worker or process died")
+    a("--plots", action="store_true", help="let every run draw its own plots (default: off; use `metaconstraint plot OUT`)")
+    a("--dry-run", action="store_true", help="list the planned runs and their state; start nothing")
+    s.set_defaults(func=cli_sweep)
