@@ -125,6 +125,10 @@ def _add_train(sub: Any) -> None:
            "run fastest on one thread, and torch's choice with paper)")
     a("--no-plots", action="store_true", help="do not draw plots at the end")
     a("--quiet", action="store_true", help="no progress bar and no status lines")
+    a("--checkpoint", metavar="STEP|PATH",
+      help="with --resume: continue from this checkpoint (default: the newest intact one)")
+    a("--trust-env-spec", action="store_true",
+      help="build the dataset's env spec even if it names code outside installed, trusted environment packages")
     t.set_defaults(func=cmd_train)
 
 
@@ -149,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_nonneg_int, default=None, help="first episode's reset seed (default: the run's eval seed)")
     e.add_argument("--device", default="cpu", help="device for the policy")
     e.add_argument("--json", action="store_true", help="print only the result as JSON")
+    e.add_argument("--trust-env-spec", action="store_true",
+                   help="build the checkpoint's env spec even if it names code outside installed, trusted environment packages")
     e.set_defaults(func=cmd_eval)
 
     try:
@@ -231,13 +237,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         if given:
             return _fail(
                 f"--resume continues a run with the settings in its config.yaml; drop {', '.join(given)} "
-                "(only --device, --stop-after, --threads, --quiet and --no-plots go with --resume)"
+                "(only --device, --checkpoint, --stop-after, --threads, --quiet, --no-plots and --trust-env-spec go "
+                "with --resume)"
             )
-        trainer = Trainer.resume(args.resume, device=args.device, progress=progress, echo=echo, plots=not args.no_plots)
+        trainer = Trainer.resume(args.resume, device=args.device, checkpoint=args.checkpoint, progress=progress, echo=echo,
+                                 plots=not args.no_plots, trust_env_spec=args.trust_env_spec)
     else:
         config = resolve(file=args.config, flags=_flags(args), sets=sets)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
-        trainer = Trainer(config, run_dir, progress=progress, echo=echo, plots=not args.no_plots)
+        if args.checkpoint:
+            return _fail("--checkpoint goes with --resume (it picks the checkpoint a run continues from)")
+        trainer = Trainer(config, run_dir, progress=progress, echo=echo, plots=not args.no_plots,
+                          trust_env_spec=args.trust_env_spec)
     if not args.threads and "OMP_NUM_THREADS" not in os.environ and trainer.config.preset == "quick":
         torch.set_num_threads(1)
     result = trainer.train(stop_after=args.stop_after)
@@ -294,10 +305,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .training import load_run
 
-    run = load_run(args.run_dir, args.checkpoint, device=args.device)
+    run = load_run(args.run_dir, args.checkpoint, device=args.device, echo=lambda text: print(text, file=sys.stderr))
     seed = run.config.resolved_eval_seed() if args.seed is None else args.seed
     res = evaluate(
-        run.agent, run.env_target(), episodes=args.episodes, seed=seed, normalizer=run.normalizer,
+        run.agent, run.env_target(args.trust_env_spec), episodes=args.episodes, seed=seed, normalizer=run.normalizer,
         n_envs=min(10, args.episodes), ref=run.reference(), device=args.device,
     )
     res.update(run_dir=str(run.run_dir), checkpoint=str(run.checkpoint), step=run.step, algo=run.config.algo,

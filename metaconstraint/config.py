@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -273,7 +274,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file '{p}' does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file '{p}' is not a text (YAML) file: byte {err.start} is not UTF-8") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read config file '{p}': {err.strerror or err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config file '{p}' is not valid YAML: {err}") from err
     if data is None:
@@ -420,6 +425,7 @@ def resolve(
         agent_values["seed"] = values["seed"]
     if "planned_steps" in agent_types:
         agent_values["planned_steps"] = values["steps"]
+    check_agent_ranges(agent_values, algo)
     try:
         agent_cfg = cls.Config(**agent_values)
         if hasattr(agent_cfg, "validate"):
@@ -427,6 +433,36 @@ def resolve(
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{algo} settings: {err}") from err
     return RunConfig(**values, agent=agent_cfg)
+
+
+def _range_rule(name: str) -> tuple[str, Callable[[float], bool]] | None:
+    """The range an algorithm setting must lie in, from its name (the same names mean the same
+    thing in every algorithm's config): ``(description, test)``, or None for no rule."""
+    if name == "lr" or name.endswith("_lr"):
+        return "> 0", lambda v: v > 0
+    if name.endswith("_decay_to"):
+        return "in (0, 1]", lambda v: 0 < v <= 1
+    if name.endswith("_decay"):
+        return "in [0, 1)", lambda v: 0 <= v < 1
+    if name.endswith(("_hidden", "_width", "_depth", "_every", "_freq")) or name.startswith("num_"):
+        return "an integer >= 1", lambda v: v >= 1
+    return None
+
+
+def check_agent_ranges(values: Mapping[str, Any], algo: str) -> None:
+    """Every numeric algorithm setting finite, and in its range (:func:`_range_rule`); the message names the key."""
+    for name, value in values.items():
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if name.endswith("_hidden") and not items:
+            raise ConfigError(f"agent.{name} ({algo}) needs at least one layer width, got {value!r}")
+        rule = _range_rule(name)
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not math.isfinite(v):
+                raise ConfigError(f"agent.{name} ({algo}) must be a finite number, got {v}")
+            if rule is not None and not rule[1](v):
+                raise ConfigError(f"agent.{name} ({algo}) must be {rule[0]}, got {value!r}")
 
 
 def validate(c: RunConfig) -> None:
@@ -444,10 +480,13 @@ def validate(c: RunConfig) -> None:
     need(c.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0: only at the end), got {c.checkpoint_every}")
     need(c.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {c.keep_checkpoints}")
     need(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
+    need(c.eval_seed is None or c.eval_seed >= 0, f"eval_seed must be >= 0 (or null: 1000000 + seed), got {c.eval_seed}")
     need(
         re.fullmatch(r"cpu|cuda(:\d+)?|mps", c.device) is not None,
         f"device must be cpu, cuda, cuda:N or mps, got '{c.device}'",
     )
+    if isinstance(c.reward_scale, float):
+        need(math.isfinite(c.reward_scale), f"reward_scale must be a finite number, got {c.reward_scale}")
     if isinstance(c.reward_scale, str):
         from .data import REWARD_MODES
 

@@ -32,7 +32,11 @@ from .data.normalization import ObsNormalizer
 from .data.reference import D4RL_ENVS, d4rl_family, d4rl_reference, normalize_return
 from .data.transitions import Transitions
 
-__all__ = ["evaluate", "normalized_score", "reference_scores", "as_numpy_policy"]
+__all__ = ["EvaluationInterrupted", "as_numpy_policy", "check_eval_env", "evaluate", "normalized_score", "reference_scores"]
+
+
+class EvaluationInterrupted(RuntimeError):
+    """``evaluate``'s ``should_stop()`` said to stop (e.g. a signal arrived); no result."""
 
 
 def _is_env_id(name: str) -> bool:
@@ -84,7 +88,7 @@ def normalized_score(env_or_dataset: Any, returns: Any) -> Any:
     return float(out) if out.ndim == 0 else out
 
 
-def _resolve_env(env: Any) -> tuple[Any, str, tuple[str, ...] | None]:
+def _resolve_env(env: Any, trust_env_spec: bool = False) -> tuple[Any, str, tuple[str, ...] | None]:
     """(what to pass to gym.make, env id for reports, obs keys for Dict observations)."""
     if isinstance(env, Transitions):
         if env.env_spec is None and env.env_id is None:
@@ -100,7 +104,7 @@ def _resolve_env(env: Any) -> tuple[Any, str, tuple[str, ...] | None]:
         return D4RL_ENVS[fam], D4RL_ENVS[fam], None
     from .data.loaders import _env_spec_from_metadata, describe
 
-    spec = _env_spec_from_metadata(describe(text))
+    spec = _env_spec_from_metadata(describe(text), f"dataset {text!r}", trust_env_spec)
     if spec is None:
         raise ValueError(f"dataset {text!r} does not record its environment; pass an env id")
     return spec, spec.id, None
@@ -153,6 +157,8 @@ def evaluate(
     ref: Any = None,
     device: Any = None,
     env_kwargs: dict[str, Any] | None = None,
+    trust_env_spec: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes of ``policy`` and report returns and normalised scores.
 
@@ -162,11 +168,15 @@ def evaluate(
     Returns ``return_mean``, ``return_std``, ``returns``, ``lengths``, ``score_mean``,
     ``score_std``, ``scores`` (``None`` without reference scores), ``ref_min_score``,
     ``ref_max_score``, ``env_id``, ``episodes``, ``seed``, ``wall_s``.
+
+    An env spec read from a dataset's metadata is built only if it names trusted code
+    (:mod:`metaconstraint.data.envspec`; ``trust_env_spec=True`` lifts that). ``should_stop`` is
+    asked before every env step; when it returns true, :class:`EvaluationInterrupted` is raised.
     """
     if episodes <= 0:
         raise ValueError(f"episodes must be positive, got {episodes}")
     t0 = time.perf_counter()
-    make_arg, name, obs_keys = _resolve_env(env_id)
+    make_arg, name, obs_keys = _resolve_env(env_id, trust_env_spec)
     refs = reference_scores(ref if ref is not None else env_id)
     act_fn = as_numpy_policy(policy, normalizer, device)
     n = max(1, min(int(n_envs), episodes))
@@ -188,6 +198,8 @@ def evaluate(
             active = [k for k in range(n) if slot_episode[k] >= 0]
             if not active:
                 break
+            if should_stop is not None and should_stop():
+                raise EvaluationInterrupted(f"evaluation on {name} stopped after {int(lengths.sum())} env steps")
             batch = np.stack([obs[k] for k in active])
             actions = np.asarray(act_fn(batch), np.float32).reshape(len(active), -1)
             if not np.isfinite(actions).all():
@@ -226,3 +238,36 @@ def evaluate(
         "ref_max_score": None if refs is None else refs[1],
         "wall_s": time.perf_counter() - t0,
     }
+
+
+def check_eval_env(
+    env_id: Any, seed: int, obs_dim: int | None = None, act_dim: int | None = None, *, trust_env_spec: bool = False
+) -> str:
+    """Build the evaluation env once and reset it with ``seed``, as :func:`evaluate` will.
+
+    A missing or unknown env, a seed the env refuses, or observation/action sizes that differ
+    from ``obs_dim``/``act_dim`` raise ``ValueError`` now instead of at the first evaluation.
+    Returns the env id.
+    """
+    try:
+        make_arg, name, obs_keys = _resolve_env(env_id, trust_env_spec)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"no evaluation environment: {err}") from err
+    try:
+        env = gym.make(make_arg)
+    except Exception as err:
+        raise ValueError(f"cannot build the evaluation env {name!r}: {type(err).__name__}: {err}") from err
+    try:
+        try:
+            obs = _flat(env.reset(seed=seed)[0], obs_keys)
+        except Exception as err:
+            raise ValueError(f"the evaluation env {name!r} cannot be reset with seed {seed}: {type(err).__name__}: {err}") from err
+        act_shape = getattr(env.action_space, "shape", None)
+        got_act = int(np.prod(act_shape)) if act_shape is not None else None
+    finally:
+        env.close()
+    if obs_dim is not None and obs.size != obs_dim:
+        raise ValueError(f"the evaluation env {name!r} gives observations of size {obs.size}, the data has {obs_dim}")
+    if act_dim is not None and got_act is not None and got_act != act_dim:
+        raise ValueError(f"the evaluation env {name!r} takes actions of size {got_act}, the data has {act_dim}")
+    return name

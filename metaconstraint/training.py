@@ -10,17 +10,23 @@ Run directory::
     summary.json         status, final/best score, alpha trajectory, wall time
     tensorboard/         only when the ``tensorboard`` package is installed
 
+    .lock                the writer's lock (``fcntl.flock``; holds its PID): one train process per directory
+
 Checkpoints hold only tensors, numbers, strings and containers of them, so they load with
-``torch.load(weights_only=True)``; nothing in a checkpoint file can run code. A resumed run
-continues the agent, the sampler's batch stream, the interval accumulators, the counters and
-every RNG, so on CPU an interrupted-and-resumed run ends bit for bit where an uninterrupted one
-does.
+``torch.load(weights_only=True)``; nothing in a checkpoint file can run code. Each carries a
+SHA-256 of its content (key ``sha256``, see :func:`checkpoint_digest`), verified on load; a resume
+skips damaged checkpoints for the newest intact one. A resumed run continues the agent, the
+sampler's batch stream, the interval accumulators, the counters and every RNG, so on CPU an
+interrupted-and-resumed run ends bit for bit where an uninterrupted one does.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -31,6 +37,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -44,11 +51,13 @@ from .config import ConfigError, RunConfig, coefficient_name, dump_yaml, load_ya
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "CheckpointNotice",
     "LoadedRun",
     "RunError",
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
+    "checkpoint_digest",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -68,6 +77,10 @@ class CheckpointError(RunError):
     """A checkpoint file is missing, damaged, or holds something other than plain data."""
 
 
+class CheckpointNotice(UserWarning):
+    """A checkpoint was loaded without a checksum to verify (written before checksums existed)."""
+
+
 class TrainingDiverged(RunError):
     """A logged quantity became NaN/Inf; the message names it and the step."""
 
@@ -77,14 +90,47 @@ class TrainingDiverged(RunError):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+def checkpoint_digest(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint's content, every key but ``sha256`` itself.
 
-    A crash (or exception) during the write leaves any earlier file at ``path`` untouched and
-    no half-written checkpoint under a checkpoint name.
+    The nested dicts and lists are walked in their stored order; every key, the type and ``repr``
+    of every plain value, and each tensor's dtype, shape and raw bytes enter the hash, so a flipped
+    byte anywhere in the data gives another digest.
+    """
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, Tensor):
+            t = x.detach().to("cpu").contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            h.update(b"D%d" % len(x))
+            for k, v in x.items():
+                walk(k)
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            h.update(b"L%d" % len(x))
+            for v in x:
+                walk(v)
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    walk({k: v for k, v in state.items() if k != "sha256"})
+    return h.hexdigest()
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` with its :func:`checkpoint_digest` (key ``sha256``) to ``path`` atomically.
+
+    A temporary file in the same folder, fsync, rename: a crash (or exception, e.g. a full disk)
+    during the write leaves any earlier file at ``path`` untouched and no half-written checkpoint
+    under a checkpoint name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in state.items() if k != "sha256"}
+    state["sha256"] = checkpoint_digest(state)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -106,8 +152,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``: plain data only, no code runs."""
+def load_checkpoint(
+    path: str | Path, map_location: Any = "cpu", *, echo: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` (plain data only, no code runs) and
+    verify its SHA-256. A checkpoint without one (older versions) loads with a notice, given to
+    ``echo`` or else as a :class:`CheckpointNotice` warning."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
@@ -128,6 +178,20 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"'{path}' is not a metaconstraint training checkpoint (format {found!r})")
+    stored = state.pop("sha256", None)
+    if stored is None:
+        notice = f"note: checkpoint '{path}' has no checksum (written by an older metaconstraint); loaded unverified"
+        if echo is not None:
+            echo(notice)
+        else:
+            warnings.warn(notice, CheckpointNotice, stacklevel=2)
+    else:
+        actual = checkpoint_digest(state)
+        if actual != stored:
+            raise CheckpointError(
+                f"checkpoint '{path}' is damaged: its content does not match the SHA-256 stored in it "
+                f"(stored {str(stored)[:12]}..., computed {actual[:12]}...)"
+            )
     return state
 
 
@@ -191,8 +255,81 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+_TMP_NAME = re.compile(r"^\..+\.\d+\.tmp$")  # what save_checkpoint / _atomic_write_text name their temporary files
+
+
+def remove_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files a killed write left in ``run_dir`` and its ``checkpoints/``.
+
+    Call it only while holding the run's lock (no other process can be writing them)."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if _TMP_NAME.match(p.name) and p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    return removed
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``<run_dir>/.lock``, which holds the owner's PID.
+
+    Only one process at a time trains into (or resumes) a run directory; the OS drops the lock
+    when its process exits or dies, so a killed run leaves nothing to clean up by hand.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunError(f"cannot write to the run directory '{self.path.parent}': {err.strerror or err}") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunError(f"cannot lock the run directory '{self.path.parent}': {err.strerror or err}") from err
+            raise RunError(
+                f"'{self.path.parent}' is in use by another metaconstraint process (PID {holder}); two processes "
+                "writing one run directory would mix their files. Wait for it to finish (or stop it), or choose "
+                "another --run-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def check_device(name: str) -> torch.device:
+    """``torch.device(name)``, or a ConfigError when it is malformed or not available here."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device '{name}' is not a device name (cpu, cuda, cuda:N or mps): {err}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device '{name}' requested but MPS is not available here; use --device cpu")
+    return dev
 
 
 # ----------------------------------------------------------------------------- metrics files
@@ -218,24 +355,40 @@ class MetricsLog:
             except Exception:  # not installed: optional
                 self._tb = None
 
-    def truncate_after(self, step: int) -> None:
-        """Drop rows past ``step`` (a resumed run rewrites them) and adopt the file's header."""
+    def truncate_after(self, step: int) -> list[str]:
+        """Drop rows past ``step`` (a resumed run rewrites them) and adopt the file's header.
+
+        A row a killed process left half-written (no line end, wrong number of fields, not JSON)
+        is dropped too, whatever its step reads as. Returns notes on what was repaired.
+        """
+        notes = []
         if self.csv_path.exists():
-            with open(self.csv_path, newline="") as f:
-                reader = csv.DictReader(f)
-                header = list(reader.fieldnames or [])
-                rows = [r for r in reader if r.get("step") and int(r["step"]) <= step]
+            lines = _complete_lines(self.csv_path, notes)
+            parsed = list(csv.reader(lines))
+            header = parsed[0] if parsed else []
+            rows = []
+            for r in parsed[1:]:
+                d = dict(zip(header, r))
+                if len(r) == len(header) and _int_or_none(d.get("step")) is not None and int(d["step"]) <= step:
+                    rows.append(d)
+                elif len(r) != len(header):
+                    notes.append(f"{self.csv_path.name}: dropped a malformed row ({len(r)} fields, header has {len(header)})")
             if header:
                 extra = [c for c in self.columns if c not in header]
                 self.columns = header + extra
-            buf = _csv_text(self.columns, rows)
-            _atomic_write_text(self.csv_path, buf)
+            _atomic_write_text(self.csv_path, _csv_text(self.columns, rows))
         if self.jsonl_path.exists():
             keep = []
-            for line in self.jsonl_path.read_text().splitlines():
-                if line.strip() and json.loads(line).get("step", 0) <= step:
+            for line in _complete_lines(self.jsonl_path, notes):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    notes.append(f"{self.jsonl_path.name}: dropped a line that is not JSON")
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
                     keep.append(line)
             _atomic_write_text(self.jsonl_path, "".join(k + "\n" for k in keep))
+        return notes
 
     def _open(self) -> None:
         if self._csv is not None:
@@ -268,6 +421,22 @@ class MetricsLog:
             self._tb = None
 
 
+def _complete_lines(path: Path, notes: list[str]) -> list[str]:
+    """The non-empty lines of ``path`` that end with a line break (a killed writer's last one may not)."""
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    if lines[-1]:
+        notes.append(f"{path.name}: dropped a partial last line left by a killed process")
+    return [ln.rstrip("\r") for ln in lines[:-1] if ln.strip()]
+
+
+def _int_or_none(text: Any) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
     import io
 
@@ -277,6 +446,28 @@ def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
     for r in rows:
         w.writerow({k: r.get(k, "") for k in columns})
     return buf.getvalue()
+
+
+class RunWarning(UserWarning):
+    """A run directory's file could not be used and was skipped (the message says which and why)."""
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """``summary.json`` as a dict: ``{}`` when there is none, and ``{}`` with a :class:`RunWarning`
+    when it is damaged (not JSON, not a mapping), so a report or plot over many runs goes on."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError) as err:
+        summary, why = None, f"{type(err).__name__}: {err}"
+    else:
+        why = f"it holds a {type(summary).__name__}, not a mapping"
+    if isinstance(summary, dict):
+        return summary
+    warnings.warn(f"skipping the damaged {path} ({why}); the run counts as having no summary", RunWarning, stacklevel=2)
+    return {}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
@@ -363,8 +554,10 @@ class Trainer:
         echo: Callable[[str], None] | None = print,
         plots: bool = True,
         tensorboard: bool = True,
+        trust_env_spec: bool = False,
     ):
         self.config = config
+        self.trust_env_spec = trust_env_spec
         self.run_dir = Path(run_dir)
         self.progress = _progress_default() if progress is None else progress
         self._echo = echo
@@ -379,13 +572,21 @@ class Trainer:
         self._last_row_step = 0
         self._last_row_wall = 0.0
         self._resumed_from: Path | None = None
+        self._resuming = False  # set by resume(); the checkpoint is chosen once the run is locked
+        self._resume_choice: str | Path | None = None
+        self._pending_row: int | None = None  # a step whose row (and evaluation) is still to be written
+        self.warnings: list[str] = []
         self._stop_signal: int | None = None
         self._ready = False
 
     # -------------------------------------------------------------- building
     @classmethod
-    def resume(cls, run_dir: str | Path, *, device: str | None = None, checkpoint: str | Path | None = None, **kw: Any) -> "Trainer":
-        """A trainer that continues the run in ``run_dir`` from its newest (or the given) checkpoint."""
+    def resume(
+        cls, run_dir: str | Path, *, device: str | None = None, checkpoint: str | Path | int | None = None, **kw: Any
+    ) -> "Trainer":
+        """A trainer that continues the run in ``run_dir`` from its newest intact checkpoint, or from
+        ``checkpoint`` (a path or a step number). Damaged newer checkpoints are skipped (and moved
+        aside to ``*.pt.damaged``) with a message."""
         run_dir = Path(run_dir)
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.is_file():
@@ -400,36 +601,56 @@ class Trainer:
                 )
             data["device"] = device
         config = run_config_from_dict(data)
-        ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-        if ckpt is None:
+        if checkpoint is None and not list_checkpoints(run_dir):
             raise RunError(
                 f"'{run_dir}' has no checkpoint to resume from (checkpoints/ is empty); start it again with "
                 f"metaconstraint train --config {cfg_path} --run-dir NEW_DIR"
             )
         trainer = cls(config, run_dir, **kw)
-        trainer._resumed_from = ckpt
+        trainer._resuming = True
+        trainer._resume_choice = checkpoint
         return trainer
+
+    def _resume_state(self) -> dict[str, Any]:
+        """Load the chosen checkpoint, else the newest intact one (damaged newer ones moved aside)."""
+        choice = self._resume_choice
+        if choice is not None:
+            path = _checkpoint_arg(self.run_dir, choice)
+            state = load_checkpoint(path, map_location=self.device, echo=self.echo)
+            self._resumed_from = path
+            return state
+        damaged: list[tuple[Path, CheckpointError]] = []
+        for _, path in reversed(list_checkpoints(self.run_dir)):
+            try:
+                state = load_checkpoint(path, map_location=self.device, echo=self.echo)
+            except CheckpointError as err:
+                damaged.append((path, err))
+                continue
+            for bad, err in damaged:
+                aside = bad.with_name(bad.name + ".damaged")
+                os.replace(bad, aside)  # kept for inspection, no longer listed as a checkpoint
+                self.echo(f"warning: {err}; moved it aside to {aside.name}")
+            if damaged:
+                self.echo(f"resuming from the newest intact checkpoint instead: {path.name}")
+            self._resumed_from = path
+            return state
+        detail = "; ".join(str(err) for _, err in damaged) or "checkpoints/ is empty"
+        raise RunError(f"no intact checkpoint to resume {self.run_dir} from: {detail}")
 
     def echo(self, text: str) -> None:
         if self._echo is None:
             return
-        if self._bar is not None:
-            self._bar.write(text)
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(text)  # above the progress bar
         else:
             self._echo(text)
 
     _bar: Any = None
 
-    def _check_device(self) -> torch.device:
-        dev = torch.device(self.config.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device '{self.config.device}' requested but CUDA is not available here; use --device cpu")
-        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ConfigError(f"device '{self.config.device}' requested but MPS is not available here; use --device cpu")
-        return dev
-
     def setup(self) -> None:
-        """Check the device and the algorithm settings, load the data, build sampler and agent."""
+        """Check the device and the algorithm settings, load the data, build sampler and agent, and
+        build the evaluation env once (reset with the evaluation seed): everything the run uses
+        later fails here, before step 1."""
         if self._ready:
             return
         from . import algos
@@ -437,15 +658,24 @@ class Trainer:
         from .data.sampler import Sampler
 
         c = self.config
-        self.device = self._check_device()
+        self.device = check_device(c.device)
         # Build a throwaway agent on a 1-d problem first: bad algorithm settings fail before the data loads.
         try:
             algos.make(c.algo, 1, 1, 1.0, device="cpu", config=dataclasses.replace(c.agent))
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{c.algo} settings: {err}") from err
         t0 = time.perf_counter()
-        data = load(c.dataset)
+        data = load(c.dataset, trust_env_spec=self.trust_env_spec)
         self.data = data
+        from .evaluation import check_eval_env
+
+        try:
+            check_eval_env(data, c.resolved_eval_seed(), data.obs_dim, data.act_dim, trust_env_spec=self.trust_env_spec)
+        except ValueError as err:
+            raise RunError(
+                f"dataset {c.dataset}: {err}. Training would fail at its first evaluation, so it does not start "
+                "(a dataset names its env by an env_id attribute (HDF5/npz) or env_spec (Minari metadata))"
+            ) from err
         self.normalizer = ObsNormalizer.from_transitions(data) if c.normalize_obs else ObsNormalizer.identity(data.obs_dim)
         sampler_seed = int(np.random.SeedSequence([c.seed, 0x5A4D]).generate_state(1)[0])
         self.sampler = Sampler(data, c.batch_size, self.device, self.normalizer, c.reward_scale, seed=sampler_seed)
@@ -502,6 +732,8 @@ class Trainer:
                 "coef_trace": dict(self.coef_trace),
                 "last_row_step": self._last_row_step,
                 "last_row_wall": float(self._last_row_wall),
+                "pending_row": self._pending_row,
+                "warnings": list(self.warnings),
             },
         }
 
@@ -516,6 +748,14 @@ class Trainer:
                 f"config.yaml differs from the checkpoint's config in {diff}; a resumed run keeps the settings it "
                 "started with (restore config.yaml, or start a new run with --config)"
             )
+        env = state["env"]
+        for key in ("dataset_size", "obs_dim", "act_dim"):
+            if int(env[key]) != int(getattr(self.env, key)):
+                raise RunError(
+                    f"the dataset {self.config.dataset} has changed since the run started: {key} was {env[key]} and is "
+                    f"{getattr(self.env, key)} now. A resumed run must see the same data; restore the dataset or start "
+                    "a new run"
+                )
         self.agent.load_state_dict(state["agent"])
         self.sampler.load_state_dict(state["sampler"])
         self.normalizer.load_state_dict(state["normalizer"])
@@ -529,10 +769,23 @@ class Trainer:
         self.coef_trace = dict(t["coef_trace"])
         self._last_row_step = int(t["last_row_step"])
         self._last_row_wall = float(t["last_row_wall"])
+        self._pending_row = t.get("pending_row")
+        self.warnings = list(t.get("warnings", []))
 
     def save(self) -> Path:
-        """Checkpoint the current step and keep only the newest ``keep_checkpoints`` files."""
-        path = save_checkpoint(self.state_dict(), checkpoint_path(self.run_dir, self.step))
+        """Checkpoint the current step and keep only the newest ``keep_checkpoints`` files.
+
+        A failed write (e.g. a full disk) raises a RunError; the previous checkpoints stay intact."""
+        target = checkpoint_path(self.run_dir, self.step)
+        try:
+            path = save_checkpoint(self.state_dict(), target)
+        except OSError as err:
+            prev = self.last_checkpoint or latest_checkpoint(self.run_dir)
+            raise RunError(
+                f"could not write the checkpoint {target} at step {self.step}: {err.strerror or err}. "
+                + (f"The previous checkpoint {prev} is intact" if prev else "No earlier checkpoint exists")
+                + f"; free the space (or fix the cause), then continue with metaconstraint train --resume {self.run_dir}"
+            ) from err
         for _, old in list_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         self.last_checkpoint = path
@@ -563,20 +816,57 @@ class Trainer:
 
     # -------------------------------------------------------------- the loop
     def train(self, stop_after: int | None = None) -> TrainResult:
-        """Train to ``config.steps`` (or stop, checkpointed, after ``stop_after`` total steps)."""
+        """Train to ``config.steps`` (or stop, checkpointed, after ``stop_after`` total steps).
+
+        The run directory is locked first (one writer per directory); a bad setting, dataset or
+        evaluation env fails before anything else is written there.
+        """
+        created = self._open_run_dir()
+        try:
+            try:
+                self._check_run_dir()
+                self.setup()
+            except BaseException:
+                if created:  # nothing but the lock file was written: leave no trace
+                    self._lock.path.unlink(missing_ok=True)
+                    self._lock.release()
+                    for folder in created:
+                        try:
+                            folder.rmdir()
+                        except OSError:
+                            break
+                raise
+            return self._train_locked(stop_after)
+        finally:
+            self._lock.release()
+
+    def _open_run_dir(self) -> list[Path]:
+        """Create the run directory if needed and lock it; returns the folders created here, deepest first."""
+        created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunError(f"cannot create the run directory '{self.run_dir}': {err.strerror or err}") from err
+        self._lock = RunLock(self.run_dir).acquire()
+        for p in remove_temp_files(self.run_dir):
+            self.echo(f"removed {p.name}, a temporary file left by a killed write")
+        return created
+
+    def _train_locked(self, stop_after: int | None) -> TrainResult:
         c = self.config
-        self._check_run_dir()
-        self.setup()  # a bad setting or dataset fails here, before anything is written
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        try:
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        except OSError as err:
+            raise RunError(f"cannot write to the run directory '{self.run_dir}': {err.strerror or err}") from err
         metric_names = list(getattr(self.agent, "metric_names", ()) or ())
         self.metrics = MetricsLog(self.run_dir, metric_names, tensorboard=self.tensorboard)
-        if self._resumed_from is not None:
-            state = load_checkpoint(self._resumed_from, map_location=self.device)
+        if self._resuming:
+            state = self._resume_state()
             self.load_state_dict(state)
-            self.metrics.truncate_after(self.step)
+            for note in self.metrics.truncate_after(self.step):
+                self.echo(f"repaired {note}")
             self.echo(f"resuming {self.run_dir} from step {self.step} ({self._resumed_from.name})")
-            if self.step >= c.steps:
+            if self.step >= c.steps and self._pending_row is None:
                 self.echo(f"the run already finished at step {self.step}; nothing to do")
                 summary = self._write_summary("finished")
                 self.metrics.close()
@@ -603,7 +893,12 @@ class Trainer:
         wall_base = self.wall_s
         try:
             agent, sampler = self.agent, self.sampler
-            while self.step < end:
+            if self._pending_row is not None:  # a row whose evaluation a signal or an error cut short
+                if self._write_row(self._pending_row, evaluate=True):
+                    status = "interrupted"
+                else:
+                    self.save()
+            while self.step < end and status != "interrupted":
                 batch = sampler.sample()
                 step = self.step + 1
                 try:
@@ -619,7 +914,9 @@ class Trainer:
                 self.wall_s = wall_base + time.perf_counter() - session_start
                 is_eval = step == c.steps or (c.eval_every > 0 and step % c.eval_every == 0)
                 if is_eval or step % c.log_every == 0 or step == end:
-                    self._log_row(step, evaluate=is_eval)
+                    if self._write_row(step, evaluate=is_eval):
+                        status = "interrupted"  # the signal came during the evaluation: checkpoint written
+                        break
                     self.wall_s = wall_base + time.perf_counter() - session_start
                 due = c.checkpoint_every > 0 and step % c.checkpoint_every == 0
                 stopping = self._stop_signal is not None or step == end
@@ -630,13 +927,27 @@ class Trainer:
                     break
             if status == "finished" and self.step < c.steps:
                 status = "stopped"
-        except TrainingDiverged:
+        except (TrainingDiverged, RunError, OSError) as caught:
+            err = caught
             self.wall_s = wall_base + time.perf_counter() - session_start
             self._bar.close()
             self._bar = None
             self.metrics.close()
-            self._finish_outputs("diverged")
-            raise
+            if isinstance(err, OSError):  # a metrics or summary write failed (disk full, ...)
+                err = RunError(
+                    f"writing to {self.run_dir} failed at step {self.step}: {err}; the newest checkpoint "
+                    f"{self.last_checkpoint or latest_checkpoint(self.run_dir)} is intact; fix the cause, then continue "
+                    f"with metaconstraint train --resume {self.run_dir}"
+                )
+            if not isinstance(err, TrainingDiverged):
+                self.failed_info = {"step": self.step, "message": str(err)}
+            try:
+                self._finish_outputs("diverged" if isinstance(err, TrainingDiverged) else "failed")
+            except OSError as write_err:
+                self.echo(f"warning: could not write summary.json: {write_err}")
+            if err is caught:
+                raise
+            raise err from caught
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
@@ -647,8 +958,33 @@ class Trainer:
         summary = self._finish_outputs(status)
         return TrainResult(status, self.step, self.run_dir, summary, signal=self._stop_signal, checkpoint=self.last_checkpoint)
 
+    def _write_row(self, step: int, evaluate: bool) -> bool:
+        """Log ``step``'s row. True if a signal stopped its evaluation: the checkpoint is then written
+        with the row pending (a resumed run evaluates it again). An evaluation that fails writes the
+        checkpoint first too, then raises a RunError."""
+        from .evaluation import EvaluationInterrupted
+
+        try:
+            self._log_row(step, evaluate)
+        except EvaluationInterrupted:
+            self._pending_row = step
+            self.save()
+            return True
+        except _EvaluationFailed as err:
+            self._pending_row = step
+            path = self.save()
+            raise RunError(
+                f"the evaluation at step {step} failed: {err}. The checkpoint {path} and summary.json were written "
+                f"first; fix the cause, then continue with metaconstraint train --resume {self.run_dir} (it evaluates "
+                "that step again)"
+            ) from err.__cause__
+        self._pending_row = None
+        return False
+
+    failed_info: dict[str, Any] | None = None
+
     def _check_run_dir(self) -> None:
-        if self._resumed_from is None:
+        if not self._resuming:
             if (self.run_dir / "config.yaml").exists() or list_checkpoints(self.run_dir):
                 raise RunError(
                     f"'{self.run_dir}' already holds a run; continue it with `metaconstraint train --resume "
@@ -701,11 +1037,11 @@ class Trainer:
         row["steps_per_s"] = round((step - self._last_row_step) / dt, 2) if dt > 0 else None
         for k, (total, n) in self._acc.items():
             row[k] = float(total) / n
-        self._acc = {}
         if self.coef_key in row:
-            self._trace_coef(step, row[self.coef_key])
+            self._trace_coef(step, row[self.coef_key])  # the same value again if this row is redone
         if evaluate:
-            row.update(self._evaluate(step))
+            row.update(self._evaluate(step))  # may raise: the interval's sums are kept for the redo
+        self._acc = {}
         self.metrics.write(row)
         self._last_row_step, self._last_row_wall = step, self.wall_s
         post = {}
@@ -728,21 +1064,51 @@ class Trainer:
         if value > t["max"]:
             t["max"], t["max_step"] = value, step
         t["last"], t["last_step"] = value, step
+        self._check_saturation(value, step)
+
+    COEF_SATURATION = (1e-3, 1e3)  # a learned coefficient outside this range has saturated
+
+    def _check_saturation(self, value: float | None, step: int) -> None:
+        """Warn once per run when a learned coefficient is driven to ~0 or to a huge value."""
+        lo, hi = self.COEF_SATURATION
+        start = getattr(self, "coef_start", None)
+        if value is None or not math.isfinite(value) or lo < value < hi or start is None or value == start:
+            return  # in range, or a fixed coefficient (it never moves from its start)
+        if any(w.startswith(f"{self.coef_key} saturated") for w in self.warnings):
+            return
+        what = "near 0: the term it weighs is switched off" if value <= lo else "huge: the term it weighs dominates"
+        msg = (
+            f"{self.coef_key} saturated at step {step}: {value:.3g} ({what}); the coefficient's learning rate is "
+            "probably too high for this run"
+        )
+        self.warnings.append(msg)
+        self.echo(f"warning: {msg}")
 
     def evaluate(self, episodes: int | None = None, seed: int | None = None) -> dict[str, Any]:
         """Roll the current policy out in the dataset's env (``evaluation.evaluate``)."""
-        from .evaluation import evaluate
-
         c = self.config
         n = c.eval_episodes if episodes is None else episodes
         ref = (self.env.ref_min_score, self.env.ref_max_score) if self.env.ref_min_score is not None else None
-        return evaluate(
+        return evaluate_policy(
             self.agent, self.data, episodes=n, seed=c.resolved_eval_seed() if seed is None else seed,
             normalizer=self.normalizer, n_envs=min(10, n), ref=ref, device=self.device,
         )
 
     def _evaluate(self, step: int) -> dict[str, Any]:
-        res = self.evaluate()
+        from .evaluation import EvaluationInterrupted
+
+        c = self.config
+        ref = (self.env.ref_min_score, self.env.ref_max_score) if self.env.ref_min_score is not None else None
+        try:
+            res = evaluate_policy(
+                self.agent, self.data, episodes=c.eval_episodes, seed=c.resolved_eval_seed(), normalizer=self.normalizer,
+                n_envs=min(10, c.eval_episodes), ref=ref, device=self.device,
+                should_stop=lambda: self._stop_signal is not None,
+            )
+        except EvaluationInterrupted:
+            raise
+        except Exception as err:
+            raise _EvaluationFailed(f"{type(err).__name__}: {err}") from err
         entry = {"step": step, "score": res["score_mean"], "score_std": res["score_std"], "return": res["return_mean"],
                  "return_std": res["return_std"]}
         self.evals.append(entry)
@@ -783,6 +1149,7 @@ class Trainer:
         # (value, step) candidates: the start, the logged interval means' extremes, the exact end value
         points = [(v, st) for v, st in ((self.coef_start, 0), (trace.get("min"), trace.get("min_step")),
                                         (trace.get("max"), trace.get("max_step")), (coef_end, self.step)) if v is not None]
+        self._check_saturation(coef_end, self.step)
         lo = min(points, key=lambda p: p[0]) if points else (None, None)
         hi = max(points, key=lambda p: p[0]) if points else (None, None)
         summary = {
@@ -814,11 +1181,24 @@ class Trainer:
             "checkpoint": None if latest_checkpoint(self.run_dir) is None else str(latest_checkpoint(self.run_dir)),
             "plots": plots or [],
             "evals": self.evals,
+            "warnings": list(self.warnings),
         }
         if self.diverged_info is not None:
             summary["error"] = self.diverged_info
+        elif self.failed_info is not None:
+            summary["error"] = self.failed_info
         _atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+class _EvaluationFailed(RunError):
+    """An evaluation raised; the trainer checkpoints before reporting it."""
+
+
+def evaluate_policy(*args: Any, **kw: Any) -> dict[str, Any]:
+    from .evaluation import evaluate
+
+    return evaluate(*args, **kw)
 
 
 def _coefficient_value(agent: Any) -> float | None:
@@ -853,45 +1233,62 @@ class LoadedRun:
     step: int
     state: dict[str, Any] = field(repr=False, default_factory=dict)
 
-    def env_target(self) -> Any:
-        """What ``evaluation.evaluate`` should build: the dataset's EnvSpec if known, else its id."""
-        spec = self.env.get("env_spec_json")
-        if spec:
-            try:
-                from gymnasium.envs.registration import EnvSpec
+    def env_target(self, trust_env_spec: bool = False) -> Any:
+        """What ``evaluation.evaluate`` should build: the dataset's EnvSpec if known, else its id.
 
-                return EnvSpec.from_json(spec)
-            except Exception:
-                pass
+        Both come from the checkpoint file, so they are checked like a dataset's
+        (:mod:`metaconstraint.data.envspec`): an entry point outside installed, trusted environment
+        code is refused unless ``trust_env_spec``."""
+        from .data.envspec import check_env_id, env_spec_from_json
+
+        where = f"checkpoint {self.checkpoint}"
+        spec = env_spec_from_json(self.env.get("env_spec_json"), where, trust_env_spec)
+        if spec is not None:
+            return spec
         if not self.env.get("env_id"):
             raise RunError(f"the run in {self.run_dir} does not know its environment (the dataset named none)")
-        return self.env["env_id"]
+        return check_env_id(str(self.env["env_id"]), where, trust_env_spec)
 
     def reference(self) -> tuple[float, float] | None:
         lo, hi = self.env.get("ref_min_score"), self.env.get("ref_max_score")
         return None if lo is None or hi is None else (float(lo), float(hi))
 
 
-def load_run(run_dir: str | Path, checkpoint: str | Path | int | None = None, device: str = "cpu") -> LoadedRun:
-    """The agent of ``run_dir`` at its newest checkpoint, or at ``checkpoint`` (a path or a step)."""
+def _checkpoint_arg(run_dir: Path, checkpoint: str | Path | int) -> Path:
+    """A ``--checkpoint`` value (a step number or a file) as the checkpoint's path."""
+    if isinstance(checkpoint, int) or (isinstance(checkpoint, str) and checkpoint.isdigit()):
+        path = checkpoint_path(run_dir, int(checkpoint))
+        if not path.is_file():
+            have = [s for s, _ in list_checkpoints(run_dir)]
+            raise RunError(f"'{run_dir}' has no checkpoint for step {int(checkpoint)}; it has steps {have}")
+        return path
+    return Path(checkpoint)
+
+
+def load_run(
+    run_dir: str | Path,
+    checkpoint: str | Path | int | None = None,
+    device: str = "cpu",
+    *,
+    echo: Callable[[str], None] | None = None,
+) -> LoadedRun:
+    """The agent of ``run_dir`` at its newest checkpoint, or at ``checkpoint`` (a path or a step).
+
+    The checkpoint's checksum is verified; ``echo`` gets the notice for one without a checksum."""
     from . import algos
     from .data import ObsNormalizer
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run directory '{run_dir}' does not exist")
+    check_device(device)  # an unavailable device is not a damaged checkpoint
     if checkpoint is None:
         path = latest_checkpoint(run_dir)
         if path is None:
             raise RunError(f"'{run_dir}' has no checkpoints (checkpoints/step_*.pt); train it first")
-    elif isinstance(checkpoint, int) or (isinstance(checkpoint, str) and checkpoint.isdigit()):
-        path = checkpoint_path(run_dir, int(checkpoint))
-        if not path.is_file():
-            have = [s for s, _ in list_checkpoints(run_dir)]
-            raise RunError(f"'{run_dir}' has no checkpoint for step {int(checkpoint)}; it has steps {have}")
     else:
-        path = Path(checkpoint)
-    state = load_checkpoint(path, map_location=device)
+        path = _checkpoint_arg(run_dir, checkpoint)
+    state = load_checkpoint(path, map_location=device, echo=echo)
     config = run_config_from_dict(state["config"])
     env = state["env"]
     agent = algos.make(

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 from .builtin import BUILTIN, builtin_path
+from .envspec import check_env_id, env_spec_from_json
 from .reference import D4RL_ENVS, d4rl_family, d4rl_reference
 from .transitions import EpisodeArrays, Transitions
 from .validate import DataError, check_actions, check_env_shapes, check_finite
@@ -32,6 +33,7 @@ def load(
     out_of_bounds: str = "raise",
     obs_keys: tuple[str, ...] | None = None,
     check_env: bool = True,
+    trust_env_spec: bool = False,
 ) -> Transitions:
     """Load a dataset as :class:`Transitions`.
 
@@ -44,8 +46,11 @@ def load(
     say what to do with bad values; ``obs_keys`` picks and orders the parts of Dict
     observations (default: all keys, sorted); ``check_env`` compares the observation and action
     sizes with the evaluation env (which is then built once).
+
+    An env spec or env id read from the file is built only if it names installed, trusted
+    environment code (:mod:`metaconstraint.data.envspec`); ``trust_env_spec=True`` lifts that check.
     """
-    t = _read(source, obs_keys)
+    t = _read(source, obs_keys, trust_env_spec)
     if env_id is not None:
         t.env_id, t.env_spec = env_id, None
     t = check_finite(t, nonfinite)
@@ -54,7 +59,7 @@ def load(
     return check_actions(t, out_of_bounds)
 
 
-def _read(source: Any, obs_keys: tuple[str, ...] | None) -> Transitions:
+def _read(source: Any, obs_keys: tuple[str, ...] | None, trust: bool = False) -> Transitions:
     if isinstance(source, Transitions):
         return source
     if isinstance(source, Mapping):
@@ -63,24 +68,24 @@ def _read(source: Any, obs_keys: tuple[str, ...] | None) -> Transitions:
         raise TypeError(f"cannot load a dataset from {type(source).__name__}; pass a name, a path or a dict of arrays")
     text = os.fspath(source)
     if text in BUILTIN:
-        t = load_minari_folder(builtin_path(text), obs_keys)
+        t = load_minari_folder(builtin_path(text), obs_keys, trust)
         t.source = text
         return t
     path = Path(text).expanduser()
     if path.is_dir():
-        return load_minari_folder(path, obs_keys)
+        return load_minari_folder(path, obs_keys, trust)
     if path.is_file():
         if path.name == "main_data.hdf5" and (path.parent / "metadata.json").exists():
-            return load_minari_folder(path.parent, obs_keys)
+            return load_minari_folder(path.parent, obs_keys, trust)
         suffix = path.suffix.lower()
         if suffix in (".hdf5", ".h5"):
-            return load_hdf5(path)
+            return load_hdf5(path, trust)
         if suffix == ".npz":
-            return load_npz(path)
+            return load_npz(path, trust)
         raise DataError(f"don't know how to read '{path}': expected a .hdf5/.h5 or .npz file, or a Minari folder")
     if path.suffix.lower() in (".hdf5", ".h5", ".npz") or os.sep in text and text.startswith((".", os.sep, "~")):
         raise DataError(f"dataset file '{path}' does not exist")
-    return load_minari_id(text, obs_keys)
+    return load_minari_id(text, obs_keys, trust)
 
 
 # ---------------------------------------------------------------------------- Minari
@@ -89,7 +94,7 @@ def minari_root() -> Path:
     return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
 
 
-def load_minari_id(dataset_id: str, obs_keys: tuple[str, ...] | None = None) -> Transitions:
+def load_minari_id(dataset_id: str, obs_keys: tuple[str, ...] | None = None, trust_env_spec: bool = False) -> Transitions:
     """A local Minari dataset by id (never downloads)."""
     folder = minari_root() / dataset_id
     if not (folder / "data").is_dir():
@@ -104,23 +109,16 @@ def load_minari_id(dataset_id: str, obs_keys: tuple[str, ...] | None = None) -> 
             f"file or folder, and not a local Minari dataset under {minari_root()} (set MINARI_DATASETS_PATH); "
             f"local Minari datasets: {local or 'none'}"
         )
-    t = load_minari_folder(folder, obs_keys)
+    t = load_minari_folder(folder, obs_keys, trust_env_spec)
     t.source = dataset_id
     return t
 
 
-def _env_spec_from_metadata(meta: Mapping[str, Any]) -> Any:
-    from gymnasium.envs.registration import EnvSpec
-
-    text = meta.get("eval_env_spec") or meta.get("env_spec")
-    if not text:
-        return None
-    for old in ('"order_enforce": true,', '"apply_api_compatibility": false,', '"autoreset": false, '):
-        text = text.replace(old, "")  # fields older Minari files carry that gymnasium 1.x rejects
-    try:
-        return EnvSpec.from_json(text)
-    except Exception:
-        return None
+def _env_spec_from_metadata(meta: Mapping[str, Any], where: str = "the dataset's metadata.json", trust: bool = False) -> Any:
+    """The dataset's (evaluation) env spec, checked (:func:`metaconstraint.data.envspec.check_env_spec`)."""
+    key = "eval_env_spec" if meta.get("eval_env_spec") else "env_spec"
+    text = meta.get(key)
+    return env_spec_from_json(text if isinstance(text, str) else None, f"{where} ({key})", trust)
 
 
 def _flatten_obs(obs: Any, space: gym.Space, keys: tuple[str, ...] | None, n: int) -> tuple[np.ndarray, tuple | None]:
@@ -140,8 +138,10 @@ def _flatten_obs(obs: Any, space: gym.Space, keys: tuple[str, ...] | None, n: in
     raise DataError(f"observation space {space} is not supported (Box, or Dict of Boxes)")
 
 
-def load_minari_folder(path: str | Path, obs_keys: tuple[str, ...] | None = None) -> Transitions:
-    """A Minari dataset from its folder (the one holding ``data/``, or ``data/`` itself)."""
+def load_minari_folder(path: str | Path, obs_keys: tuple[str, ...] | None = None, trust_env_spec: bool = False) -> Transitions:
+    """A Minari dataset from its folder (the one holding ``data/``, or ``data/`` itself).
+
+    Its env spec is checked before anything can build it (see :func:`load`)."""
     from minari import MinariDataset
 
     path = Path(path)
@@ -175,7 +175,7 @@ def load_minari_folder(path: str | Path, obs_keys: tuple[str, ...] | None = None
                 f"{type(err).__name__}: {err}"
             ) from err
 
-    spec = _env_spec_from_metadata(meta)
+    spec = _env_spec_from_metadata(meta, str(data / "metadata.json"), trust_env_spec)
     source = str(meta.get("dataset_id", data))
     t = Transitions.from_episodes(
         episodes(),
@@ -203,7 +203,7 @@ def _float_or_none(x: Any) -> float | None:
 
 
 # ---------------------------------------------------------------------------- D4RL HDF5 / npz / arrays
-def _info_from_attrs(attrs: Mapping[str, Any], path: Path) -> dict[str, Any]:
+def _info_from_attrs(attrs: Mapping[str, Any], path: Path, trust: bool = False) -> dict[str, Any]:
     """env id and reference scores from file attributes, else from a D4RL file name."""
     info: dict[str, Any] = {"notes": []}
     env_id = attrs.get("env_id")
@@ -213,7 +213,7 @@ def _info_from_attrs(attrs: Mapping[str, Any], path: Path) -> dict[str, Any]:
         env_id = str(env_id.item()) if env_id.size == 1 else None
     fam = d4rl_family(path)
     if env_id:
-        info["env_id"] = str(env_id)
+        info["env_id"] = check_env_id(str(env_id), f"{path} (env_id)", trust)
     elif fam is not None:
         info["env_id"] = D4RL_ENVS[fam]
         info["notes"].append(f"env id {D4RL_ENVS[fam]} guessed from the D4RL file name (pass env_id= to override)")
@@ -227,7 +227,7 @@ def _info_from_attrs(attrs: Mapping[str, Any], path: Path) -> dict[str, Any]:
     return info
 
 
-def load_hdf5(path: str | Path) -> Transitions:
+def load_hdf5(path: str | Path, trust_env_spec: bool = False) -> Transitions:
     """A D4RL-format HDF5 file: keys ``observations, actions, rewards, terminals, timeouts``
     (optional ``next_observations``) at the top level; attributes ``env_id``,
     ``ref_min_score``, ``ref_max_score`` are used when present."""
@@ -250,11 +250,11 @@ def load_hdf5(path: str | Path) -> Transitions:
             raise DataError(
                 f"{path}: no D4RL keys at the top level (found: {sorted(f.keys())}); expected {list(D4RL_KEYS[:5])}"
             )
-        info = _info_from_attrs(dict(f.attrs), path)
+        info = _info_from_attrs(dict(f.attrs), path, trust_env_spec)
     return from_arrays(arrays, str(path), **info)
 
 
-def load_npz(path: str | Path) -> Transitions:
+def load_npz(path: str | Path, trust_env_spec: bool = False) -> Transitions:
     """An ``.npz`` with the D4RL keys (and optionally ``env_id``, ``ref_min_score``, ``ref_max_score``)."""
     path = Path(path)
     try:
@@ -263,7 +263,7 @@ def load_npz(path: str | Path) -> Transitions:
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise DataError(f"cannot read '{path}' as .npz (truncated, or not an npz file): {err}") from err
     attrs = {k: arrays.pop(k) for k in ("env_id", "ref_min_score", "ref_max_score") if k in arrays}
-    return from_arrays(arrays, str(path), **_info_from_attrs(attrs, path))
+    return from_arrays(arrays, str(path), **_info_from_attrs(attrs, path, trust_env_spec))
 
 
 def from_arrays(arrays: Mapping[str, Any], source: str = "arrays", **info: Any) -> Transitions:
