@@ -214,9 +214,9 @@ def plan(spec: Mapping[str, Any], out: str | Path | None = None) -> list[Planned
         if not isinstance(configs, list) or not configs:
             raise SpecError(f"grids[{gi}].configs must be a non-empty list of mappings")
         configs = [_mapping(c, f"grids[{gi}].configs[{ci}]") for ci, c in enumerate(configs, 1)]
-        datasets = _as_list(grid.pop("dataset", common.get("dataset", RunConfig.dataset)))
+        grid_datasets = _as_list(grid.pop("dataset")) if "dataset" in grid else None
         axes = {k: _as_list(v) for k, v in grid.items()}
-        for k, v in axes.items():
+        for k, v in {"dataset": grid_datasets if grid_datasets is not None else [1], **axes}.items():
             if not v:
                 raise SpecError(f"grids[{gi}].{k} is an empty list: give at least one value")
         varying = {k for k, v in axes.items() if len(v) > 1}  # what a run directory's name shows
@@ -225,6 +225,9 @@ def plan(spec: Mapping[str, Any], out: str | Path | None = None) -> list[Planned
                 where = f"grids[{gi}].configs[{ci}]" if has_configs else f"grids[{gi}]"
                 name = cfg.get("name")
                 settings = {k: v for k, v in cfg.items() if k != "name"}
+                if grid_datasets is not None and "dataset" in settings:
+                    raise SpecError(f"{where}: a dataset is given both here and as the grid's dataset list; keep one")
+                datasets = grid_datasets or [settings.pop("dataset", common.get("dataset", RunConfig.dataset))]
                 for combo in itertools.product(*axes.values()):
                     for dataset in datasets:
                         run = _plan_one(root, common, settings, dict(zip(axes, combo)), name, dataset, seed, where,
@@ -252,7 +255,9 @@ def _plan_one(root: Path, common: Mapping[str, Any], cfg: Mapping[str, Any], cho
         parts = [f"{k}={format_value(v)}" for k, v in shown.items() if k != "algo"]
         name = "-".join([config.algo, *parts])
     variant = _slug(str(name))
-    leaf = f"{variant}-{_slug(dataset_key(config.dataset))}-s{seed}"
+    data = config.dataset
+    short = dataset_key(Path(data).name if data.lower().endswith((".hdf5", ".h5", ".npz")) else data)
+    leaf = f"{variant}-{_slug(short)}-s{seed}"
     return PlannedRun(f"{variant}/{leaf}", root / variant / leaf, config.to_dict())
 
 

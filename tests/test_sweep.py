@@ -1,0 +1,202 @@
+"""`metaconstraint sweep`: the grid, the spec file, the missing extra, and a real local Ray run
+(idempotent, and a worker killed with SIGKILL is retried and resumes to the same final metrics)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metaconstraint.sweep import SpecError, grid_from_flags, load_spec, plan, run_state
+from tests.test_training import write_tiny_npz
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["actor_hidden=[16,16]", "critic_width=16", "batch_size=64", "log_every=50", "checkpoint_every=50",
+        "eval_every=0", "eval_episodes=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory) -> Path:
+    return write_tiny_npz(tmp_path_factory.mktemp("data") / "pendulum_tiny.npz")
+
+
+def sweep_cli(*args: object, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-m", "metaconstraint", "sweep", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=kw.pop("timeout", 300), **kw)
+
+
+# -- the grid --------------------------------------------------------------------------------------------
+
+
+def test_flags_make_a_seed_major_grid_with_one_directory_per_run(tmp_path):
+    runs = plan(grid_from_flags(["aspc", "td3bc"], ["pendulum-medium"], "0-2", ["alpha=2.5,3.0", "steps=500"],
+                                str(tmp_path)))
+    assert len(runs) == 2 * 3 * 2
+    assert [r.config["seed"] for r in runs] == [0] * 4 + [1] * 4 + [2] * 4  # a sweep cut short has whole seeds
+    assert runs[0].name == "aspc-alpha=2.5/aspc-alpha=2.5-pendulum-medium-s0"
+    assert runs[0].run_dir == tmp_path / runs[0].name
+    assert {(r.config["algo"], r.config["agent"]["alpha"]) for r in runs} == {
+        ("aspc", 2.5), ("aspc", 3.0), ("td3bc", 2.5), ("td3bc", 3.0)}
+    assert all(r.config["steps"] == 500 and r.config["agent"]["planned_steps"] == 500 for r in runs)
+    assert len({r.run_dir for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"grids": [{}], "jobs": 3}, r"unknown key\(s\) in the sweep spec: jobs"),
+    ({"grids": [{"seed": "0-x"}]}, r"expected seeds like 0-2"),
+    ({"grids": [{"alpah": [1.0]}]}, r"unknown setting 'alpah'.*did you mean alpha"),
+    ({"grids": [{"algo": ["td3bc"], "alpha_lr": [0.1]}]}, r"grids\[1\] \(td3bc, dataset pendulum-medium, seed 0\)"),
+    ({"grids": [{"configs": [{"name": "a"}, {"name": "a"}]}]}, r"would share the run directory"),
+    ({"grids": [{"steps": -5}]}, r"steps must be a positive number"),
+    ({"grids": "aspc"}, r"needs grids: a list of mappings"),
+    ({"grids": [{"dataset": []}]}, r"grids\[1\].dataset is an empty list"),
+])
+def test_a_bad_spec_stops_before_anything_runs_with_a_message(tmp_path, spec, message):
+    with pytest.raises(SpecError, match=message):
+        plan({"out": str(tmp_path / "out"), **spec})
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_spec_is_data_only(tmp_path):
+    target = tmp_path / "pwned"
+    spec = tmp_path / "evil.yaml"
+    spec.write_text(f'out: x\ngrids: !!python/object/apply:os.system ["touch {target}"]\n')
+    with pytest.raises(SpecError, match="not plain YAML data"):
+        load_spec(spec)
+    assert not target.exists()
+    proc = sweep_cli(spec, "--dry-run")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: sweep spec") and not target.exists()
+
+
+def test_set_values_split_on_commas_and_keep_bracketed_lists(tmp_path):
+    runs = plan(grid_from_flags(["aspc"], None, None, ["actor_hidden=[32,32],[64,64]", "critic=robust,plain"],
+                                str(tmp_path)))
+    assert sorted((tuple(r.config["agent"]["actor_hidden"]), r.config["agent"]["critic"]) for r in runs) == [
+        ((32, 32), "plain"), ((32, 32), "robust"), ((64, 64), "plain"), ((64, 64), "robust")]
+    with pytest.raises(SpecError, match="given twice"):
+        grid_from_flags(["aspc"], None, None, ["steps=1", "steps=2"], "x")
+
+
+def test_the_experiments_spec_regenerates_the_committed_suite():
+    """Every committed run of the evidence suite (except the d3rlpy peer, which is not a `train` run) is a
+    run of experiments/suite.yaml, in the same directory and with the same settings."""
+    results = ROOT / "experiments" / "results"
+    runs = {r.name: r for r in plan(load_spec(ROOT / "experiments" / "suite.yaml"), "experiments/results")}
+    committed = {p.parent.relative_to(results).as_posix(): p for p in results.glob("*/*/config.yaml")
+                 if not p.parent.parent.name.startswith("d3rlpy")}
+    assert len(committed) == 176 and set(runs) == set(committed)
+    for name, path in committed.items():
+        have = yaml.safe_load(path.read_text())
+        want = runs[name].config
+        assert {k: v for k, v in have.items() if k != "agent"} == {k: want[k] for k in have if k != "agent"}, name
+        assert have["agent"] == {k: want["agent"][k] for k in have["agent"]}, name
+
+
+def test_without_ray_the_sweep_stops_with_one_line_naming_the_extra(tmp_path, tiny_npz):
+    code = ("import sys; sys.modules['ray'] = None\n"  # import ray -> ImportError, as without the extra
+            "from metaconstraint.cli import main\n"
+            f"sys.exit(main(['sweep', '--algo', 'aspc', '--dataset', {str(tiny_npz)!r}, '--out', {str(tmp_path / 'o')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "pip install 'metaconstraint[sweep]'" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# -- on a local Ray instance --------------------------------------------------------------------------------
+
+
+def _train_processes(run_dir: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = [a.decode(errors="replace") for a in args]
+        if "train" in text and any(str(run_dir) == a for a in text):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _parent(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in ("wall_s", "steps_per_s")} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
+def test_sweep_on_local_ray_survives_a_killed_worker_and_is_idempotent(tmp_path, tiny_npz):
+    pytest.importorskip("ray")
+    out = tmp_path / "sweep"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "out": str(out),
+        "settings": {"dataset": str(tiny_npz), "steps": 400, **dict(s.split("=") for s in TINY)},
+        "grids": [{"configs": [{"name": "aspc", "algo": "aspc", "alpha_every": 2}, {"name": "td3bc", "algo": "td3bc"}]},
+                  {"configs": [{"name": "broken", "algo": "td3bc", "dataset": str(tmp_path / "missing.npz")}]}],
+    }))
+    target = out / "aspc" / "aspc-pendulum-tiny-s0"
+    t0 = time.time()
+    log = open(tmp_path / "sweep.out", "w+")
+    sweep = subprocess.Popen([sys.executable, "-m", "metaconstraint", "sweep", str(spec), "--retries", "2"],
+                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    try:
+        # SIGKILL the Ray worker running the ASPC run once that run has written a checkpoint
+        while not list((target / "checkpoints").glob("step_*.pt")):
+            assert sweep.poll() is None and time.time() - t0 < 240, "no checkpoint appeared"
+            time.sleep(0.02)
+        (child,) = _train_processes(target)
+        worker = _parent(child)
+        assert Path(f"/proc/{worker}/cmdline").read_bytes().startswith(b"ray::")  # a Ray worker, not the driver
+        os.kill(worker, signal.SIGKILL)
+        code = sweep.wait(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    wall = time.time() - t0
+    log.seek(0)
+    output = log.read()
+    assert code == 1, output  # one run failed (its dataset is missing), the others finished
+    assert "FAILED broken/broken-missing-s0: exit status 2: error:" in output and "missing.npz" in output
+    assert "finished aspc/aspc-pendulum-tiny-s0:" in output and "resumed from step" in output
+    assert "finished td3bc/td3bc-pendulum-tiny-s0:" in output
+    assert "| dataset | aspc [alpha_every=2] | td3bc |" in output  # the sweep's report table
+    assert not _train_processes(target)  # the killed worker's train process died with it
+    assert run_state(target) == "finished"
+
+    # the resumed run ends exactly where an uninterrupted run with the same settings does
+    ref = tmp_path / "reference"
+    proc = subprocess.run([sys.executable, "-m", "metaconstraint", "train", "--config", str(target / "config.yaml"),
+                           "--run-dir", str(ref), "--quiet", "--no-plots", "--threads", "1"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (target, ref))
+    for key in ("step", "final_score", "final_return", "coef_end", "coef_min", "coef_max"):
+        assert got[key] == want[key], key
+    assert _rows(target) == _rows(ref) and len(_rows(ref)) == 400 // 50
+
+    # idempotent: the same sweep again skips the finished runs and leaves their files alone
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix != ".md"}
+    t1 = time.time()
+    again = sweep_cli(spec, "--retries", "2")
+    assert again.returncode == 1  # the broken run is still broken: it is tried again and fails again
+    assert "2 finished already (skipped), 0 to resume, 1 to start" in again.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if "broken" not in str(p))
+    print(f"\nRay sweep with a killed worker: {wall:.1f} s; repeat: {time.time() - t1:.1f} s")
