@@ -586,7 +586,8 @@ class Trainer:
     ) -> "Trainer":
         """A trainer that continues the run in ``run_dir`` from its newest intact checkpoint, or from
         ``checkpoint`` (a path or a step number). Damaged newer checkpoints are skipped (and moved
-        aside to ``*.pt.damaged``) with a message."""
+        aside to ``*.pt.damaged``) with a message. A run stopped before its first checkpoint starts
+        over from step 0 with its config.yaml."""
         run_dir = Path(run_dir)
         cfg_path = run_dir / "config.yaml"
         if not cfg_path.is_file():
@@ -601,18 +602,14 @@ class Trainer:
                 )
             data["device"] = device
         config = run_config_from_dict(data)
-        if checkpoint is None and not list_checkpoints(run_dir):
-            raise RunError(
-                f"'{run_dir}' has no checkpoint to resume from (checkpoints/ is empty); start it again with "
-                f"metaconstraint train --config {cfg_path} --run-dir NEW_DIR"
-            )
         trainer = cls(config, run_dir, **kw)
         trainer._resuming = True
         trainer._resume_choice = checkpoint
         return trainer
 
-    def _resume_state(self) -> dict[str, Any]:
-        """Load the chosen checkpoint, else the newest intact one (damaged newer ones moved aside)."""
+    def _resume_state(self) -> dict[str, Any] | None:
+        """Load the chosen checkpoint, else the newest intact one (damaged newer ones moved aside);
+        None when the run has no checkpoint at all."""
         choice = self._resume_choice
         if choice is not None:
             path = _checkpoint_arg(self.run_dir, choice)
@@ -634,8 +631,13 @@ class Trainer:
                 self.echo(f"resuming from the newest intact checkpoint instead: {path.name}")
             self._resumed_from = path
             return state
-        detail = "; ".join(str(err) for _, err in damaged) or "checkpoints/ is empty"
-        raise RunError(f"no intact checkpoint to resume {self.run_dir} from: {detail}")
+        if not damaged:
+            return None
+        detail = "; ".join(str(err) for _, err in damaged)
+        raise RunError(
+            f"no intact checkpoint to resume {self.run_dir} from: {detail}. Start it again with metaconstraint train "
+            f"--config {self.run_dir / 'config.yaml'} --run-dir NEW_DIR"
+        )
 
     def echo(self, text: str) -> None:
         if self._echo is None:
@@ -860,12 +862,16 @@ class Trainer:
             raise RunError(f"cannot write to the run directory '{self.run_dir}': {err.strerror or err}") from err
         metric_names = list(getattr(self.agent, "metric_names", ()) or ())
         self.metrics = MetricsLog(self.run_dir, metric_names, tensorboard=self.tensorboard)
+        state = self._resume_state() if self._resuming else None
         if self._resuming:
-            state = self._resume_state()
-            self.load_state_dict(state)
+            if state is not None:
+                self.load_state_dict(state)
             for note in self.metrics.truncate_after(self.step):
                 self.echo(f"repaired {note}")
-            self.echo(f"resuming {self.run_dir} from step {self.step} ({self._resumed_from.name})")
+            if state is None:
+                self.echo(f"{self.run_dir} was stopped before its first checkpoint: starting it over from step 0")
+            else:
+                self.echo(f"resuming {self.run_dir} from step {self.step} ({self._resumed_from.name})")
             if self.step >= c.steps and self._pending_row is None:
                 self.echo(f"the run already finished at step {self.step}; nothing to do")
                 summary = self._write_summary("finished")

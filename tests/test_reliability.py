@@ -404,3 +404,15 @@ def test_sigterm_during_a_long_evaluation_stops_promptly(tiny_npz, tmp_path, mon
     state = load_checkpoint(latest_checkpoint(run_dir))
     assert state["step"] == 50 and state["trainer"]["pending_row"] == 50  # a resume evaluates step 50 again
     assert not (run_dir / "metrics.csv").exists()  # no row for step 50 without its evaluation
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over_on_resume(straight, tiny_npz, tmp_path):
+    _, _, s_dir = straight
+    run_dir = tmp_path / "run"
+    run(tiny_config(tiny_npz), run_dir, stop_after=100)
+    for _, p in list_checkpoints(run_dir):  # as if killed between the first rows and the first checkpoint
+        p.unlink()
+    said = []
+    assert Trainer.resume(run_dir, progress=False, echo=said.append, plots=False).train().status == "finished"
+    assert any("stopped before its first checkpoint: starting it over from step 0" in s for s in said)
+    assert metric_rows(run_dir) == metric_rows(s_dir)
