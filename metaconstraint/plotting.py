@@ -200,7 +200,7 @@ def variant_labels(configs: Iterable[Mapping[str, Any]], pool: Sequence[str] = (
         reps.setdefault(settings_key(c, pool), c)
     diffs = {k: _non_default(c, pool) for k, c in reps.items()}
     as_items = [{(n, json.dumps(v, default=str)) for n, v in d.items()} for d in diffs.values() if d is not None]
-    shared = set.intersection(*as_items) if len(as_items) > 1 else set()
+    shared = set.intersection(*as_items) if as_items else set()
     common = {n: json.loads(v) for n, v in sorted(shared)}
     labels: dict[str, str] = {}
     for k, c in reps.items():
@@ -349,9 +349,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str =
     def save(fig: Any, name: str) -> None:
         path = out / f"{prefix}{name}.png"
         fig.tight_layout()
-        if common:  # the settings every line shares away from the defaults, once under the figure
-            fig.text(0.01, 0.0, textwrap.fill(f"all lines: {describe_settings(common)}", 140), fontsize=7, va="top")
         outside = [a.get_legend() for a in fig.axes if a.get_legend() is not None and not a.get_legend().get_in_layout()]
+        if common:  # the settings every line shares away from the defaults, once under the figure
+            outside.append(fig.text(0.01, 0.0, textwrap.fill(f"all lines: {describe_settings(common)}", 140),
+                                    fontsize=8, va="top"))
         fig.savefig(path, bbox_inches="tight", bbox_extra_artists=outside)  # an outside legend stays in the picture
         written.append(path)
 

@@ -205,10 +205,10 @@ def report_markdown(root: str | Path | Sequence[str | Path], title: str | None =
     else:
         lines += [
             "A column is one configuration: runs are averaged only when all their settings except the seed agree "
-            "(device, logging and checkpoint cadence aside)"
+            "(the device, logging and checkpoint cadence and preset names aside; the values presets set count)"
             + (f", and over {', '.join(pool)} as asked" if pool else "")
             + ". Its label is the algorithm and the settings that differ from the algorithm's defaults"
-            + (f"; every column also has {describe_settings(common)}." if common else "."),
+            + (f"; every column of a metaconstraint algorithm also has {describe_settings(common)}." if common else "."),
             "",
             "Final normalised score (last evaluation; mean ± std over seeds, n = number of seeds; 100 = the "
             "dataset's expert reference, 0 = random):",

@@ -194,7 +194,7 @@ def test_report_tables_mean_and_std_over_seeds(runs, capsys, tmp_path):
     assert code == 0 and out_md.read_text() == out
     lines = out.splitlines()
     header = next(i for i, ln in enumerate(lines) if ln.startswith("| dataset |"))
-    assert lines[header] == "| dataset | aspc | td3bc |"
+    assert lines[header] == "| dataset | aspc [alpha_every=2] | td3bc |"  # the tiny settings aspc alone has
     row = lines[header + 2]
     dataset = str(tiny_npz_path(made))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -320,30 +320,22 @@ def test_export_traces_agents_whose_actor_is_not_the_policy():
 
 
 def test_report_and_plots_tell_critic_variants_apart():
-    from pathlib import Path
+    from metaconstraint.plotting import variant_labels
 
-    from metaconstraint.plotting import RunData
+    def label(algo, critic):
+        return next(iter(variant_labels([{"algo": algo, "agent": {"critic": critic}}, {"algo": "iql"}])[0].values()))
 
-    def variant(algo, critic):
-        return RunData(Path("."), {"algo": algo, "agent": {"critic": critic}}, []).variant
-
-    assert variant("td3bc", "robust") == "td3bc (critic=robust)"  # TD3+BC* is its own column
-    assert variant("td3bc", "plain") == "td3bc"
-    assert variant("aspc", "robust") == "aspc"
-    assert variant("aspc", "plain") == "aspc (critic=plain)"
+    assert label("td3bc", "robust") == "td3bc [critic=robust]"  # TD3+BC* is its own column
+    assert label("td3bc", "plain") == "td3bc"
+    assert label("aspc", "robust") == "aspc"
+    assert label("aspc", "plain") == "aspc [critic=plain]"
 
 
 def test_a_tag_keeps_runs_of_one_algorithm_apart():
-    from pathlib import Path
+    from metaconstraint.plotting import variant_labels
 
-    from metaconstraint.plotting import RunData
-
-    def variant(config):
-        return RunData(Path("."), config, []).variant
-
-    assert variant({"algo": "aspc", "tag": "alpha_lr=0.25"}) == "aspc [alpha_lr=0.25]"
-    assert variant({"algo": "td3bc", "agent": {"critic": "robust"}, "tag": "x"}) == "td3bc (critic=robust) [x]"
-    assert variant({"algo": "aspc", "tag": ""}) == "aspc"
+    labels, _ = variant_labels([{"algo": "aspc", "tag": "alpha_lr=0.25"}, {"algo": "aspc", "tag": ""}])
+    assert sorted(labels.values()) == ["aspc", "aspc [tag=alpha_lr=0.25]"]
     assert resolve(sets=["tag=ablation-L1"]).tag == "ablation-L1"
 
 
@@ -383,17 +375,17 @@ def test_report_averages_each_domain_and_lists_seeds(tmp_path, capsys):
     code, out, _ = main(["report", tmp_path, "--per-seed"], capsys)
     assert code == 0
     lines = out.splitlines()
-    assert "| dataset | aspc | aspc [lr] |" in lines
+    assert "| dataset | aspc | aspc [tag=lr] |" in lines
     rows = [ln for ln in lines if ln.startswith("| ") and "(n=" in ln][:3]
     assert [r.split(" | ")[0] for r in rows] == [
         "| metaconstraint/hopper/medium-v0", "| metaconstraint/hopper/expert-v0", "| metaconstraint/pendulum/medium-v0"]
-    # hopper: aspc (40 + 90) / 2, all: (40 + 90 + 15) / 3; aspc [lr] ran on one hopper dataset only
+    # hopper: aspc (40 + 90) / 2, all: (40 + 90 + 15) / 3; aspc [tag=lr] ran on one hopper dataset only
     assert "| **average, hopper** (2) | 65.0 | 50.0 (1 datasets) |" in lines
     assert "| **average, pendulum** (1) | 15.0 | – |" in lines
     assert "| **average** | 48.3 | 50.0 (1 datasets) |" in lines
     assert "| metaconstraint/hopper/medium-v0 | aspc | 30.0 (α 2.450, 2.400–2.500) | 50.0 (α 2.450, 2.400–2.500) |" in lines
     # a fixed coefficient (here logged as float32 and float64 copies of 0.01) shows no range
-    assert "| metaconstraint/hopper/medium-v0 | aspc [lr] | 40.0 | 60.0 |" in lines
+    assert "| metaconstraint/hopper/medium-v0 | aspc [tag=lr] | 40.0 | 60.0 |" in lines
     assert "summed training wall time 210.0 min." in out
 
 

@@ -1,0 +1,125 @@
+"""report and plot group runs by their full configuration minus the seed: different settings are never
+averaged together unless asked (--pool), and a column says how it differs from the algorithm's defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metaconstraint import cli
+from metaconstraint.plotting import group_runs, load_run_data, settings_key, variant_labels
+from metaconstraint.report import report_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = "metaconstraint/pendulum/medium-v0"
+
+
+def fake_run(root: Path, name: str, score: float, seed: int, algo: str = "aspc", dataset: str = DATA,
+             coef: float = 2.5, **settings) -> Path:
+    """A finished run's files as `train` writes them; ``settings``: run settings, ``agent_*`` for agent fields."""
+    agent = {k[6:]: v for k, v in settings.items() if k.startswith("agent_")}
+    config = {"algo": algo, "dataset": dataset, "seed": seed, **{k: v for k, v in settings.items() if not k.startswith("agent_")}}
+    if agent:
+        config["agent"] = agent
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    (d / "metrics.csv").write_text(f"step,eval_score,alpha\n100,{score},{coef}\n")
+    (d / "summary.json").write_text(json.dumps({"status": "finished", "step": 100, "final_score": score,
+                                                "coefficient": "alpha", "coef_end": coef}))
+    return d
+
+
+def table(text: str) -> dict[str, dict[str, str]]:
+    """The first table of a report: {column: {dataset: cell}}."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| dataset |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    out: dict[str, dict[str, str]] = {h: {} for h in header[1:]}
+    for ln in lines[start + 2:]:
+        if not ln.startswith("| "):
+            break
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        for h, c in zip(header[1:], cells[1:]):
+            out[h][cells[0]] = c
+    return out
+
+
+@pytest.fixture
+def two_alphas(tmp_path) -> Path:
+    """ASPC at alpha 2.5 (its default) and 3.0, two seeds each: what a new user's --set alpha=3.0 makes."""
+    for seed, (a, b) in enumerate([(10.0, 30.0), (20.0, 50.0)]):
+        fake_run(tmp_path, f"a25-s{seed}", a, seed, agent_alpha=2.5)
+        fake_run(tmp_path, f"a30-s{seed}", b, seed, agent_alpha=3.0, coef=3.0)
+    return tmp_path
+
+
+def test_runs_with_different_settings_are_separate_columns(two_alphas):
+    text = report_markdown(two_alphas)
+    t = table(text)
+    assert set(t) == {"aspc", "aspc [alpha=3.0]"}
+    assert t["aspc"][DATA] == "15.0 ± 5.0 (n=2)" and t["aspc [alpha=3.0]"][DATA] == "40.0 ± 10.0 (n=2)"
+    assert "2.750" not in text and "27.5" not in text  # nothing pooled across alpha = 2.5 and 3.0
+
+
+def test_pooling_different_settings_needs_the_flag_and_is_stated(two_alphas, capsys):
+    code = cli.main(["report", str(two_alphas), "--pool", "alpha"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert table(out) == {"aspc": {DATA: "27.5 ± 14.8 (n=4)"}}
+    assert "aspc on metaconstraint/pendulum/medium-v0: pooled as asked over runs with different alpha (2.5, 3.0)" in out
+    assert "2.750 ± 0.250 (n=4)" in out  # the coefficient pooled too, and said so above
+    assert "and over alpha as asked" in out
+
+
+def test_a_misspelt_pool_setting_stops_with_a_suggestion(two_alphas, capsys):
+    code = cli.main(["report", str(two_alphas), "--pool", "alpah"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--pool alpah: no run has a setting 'alpah'; did you mean alpha" in err
+
+
+def test_labels_show_what_differs_from_the_defaults_and_shared_settings_once(tmp_path):
+    fake_run(tmp_path, "t-robust", 10.0, 0, algo="td3bc", steps=8000, agent_critic="robust")
+    fake_run(tmp_path, "t-plain", 11.0, 0, algo="td3bc", steps=8000, agent_critic="plain")  # td3bc's own critic
+    fake_run(tmp_path, "a-lr", 12.0, 0, steps=8000, agent_alpha_lr=0.25, agent_alpha=2.5)
+    fake_run(tmp_path, "iql", 13.0, 0, algo="iql", steps=8000, reward_scale="locomotion", log_every=7, device="cuda")
+    text = report_markdown(tmp_path)
+    assert set(table(text)) == {"td3bc [critic=robust]", "td3bc", "aspc [alpha_lr=0.25]",
+                                "iql [reward_scale=locomotion]"}
+    assert "every column of a metaconstraint algorithm also has steps=8000." in text  # shared: not in each label
+
+
+def test_runs_that_differ_only_in_their_tag_get_different_labels(tmp_path):
+    fake_run(tmp_path, "a", 1.0, 0)
+    fake_run(tmp_path, "b", 2.0, 0, tag="rerun")
+    assert set(table(report_markdown(tmp_path))) == {"aspc", "aspc [tag=rerun]"}
+
+
+def test_seed_device_and_logging_do_not_split_a_group_and_unknown_algorithms_still_group():
+    base = {"algo": "aspc", "dataset": DATA, "seed": 0, "device": "cpu", "log_every": 100, "agent": {"alpha": 2.5}}
+    other = {**base, "seed": 3, "device": "cuda", "log_every": 50, "checkpoint_every": 7, "eval_seed": 9}
+    assert settings_key(base) == settings_key(other)
+    assert settings_key(base) != settings_key({**base, "agent": {"alpha": 2.6}})
+    assert settings_key(base, pool=["alpha"]) == settings_key({**base, "agent": {"alpha": 2.6}}, pool=["alpha"])
+    peer = [{"algo": "d3rlpy-td3plusbc", "dataset": DATA, "seed": 0, "d3rlpy": v} for v in ("2.8.1", "2.9.0")]
+    labels, _ = variant_labels(peer)
+    assert sorted(labels.values()) == ["d3rlpy-td3plusbc [d3rlpy=2.8.1]", "d3rlpy-td3plusbc [d3rlpy=2.9.0]"]
+
+
+def test_plot_groups_like_the_report(two_alphas, tmp_path, capsys):
+    runs = [load_run_data(p) for p in sorted(two_alphas.iterdir()) if p.is_dir()]
+    groups, _ = group_runs(runs)
+    assert {k: len(v) for k, v in groups.items()} == {f"aspc / {DATA}": 2, f"aspc [alpha=3.0] / {DATA}": 2}
+    pooled, _ = group_runs(runs, pool=["alpha"])
+    assert {k: len(v) for k, v in pooled.items()} == {f"aspc / {DATA}": 4}
+    code = cli.main(["plot", str(two_alphas), "--out", str(tmp_path / "plots"), "--pool", "alpha"])
+    assert code == 0 and (tmp_path / "plots" / "alpha.png").stat().st_size > 5000
+
+
+def test_the_committed_report_is_what_report_makes_of_the_committed_runs():
+    results = ROOT / "experiments" / "results"
+    text = report_markdown(results, title="Issue 9: small-scale suite (8k steps, width 64, 3 seeds)", per_seed=True)
+    assert text == (results / "report.md").read_text()
