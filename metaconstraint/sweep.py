@@ -7,8 +7,8 @@ process, into ``<out>/<variant>/<variant>-<dataset>-s<seed>``. The child is the 
 would type, so the run-directory lock, checkpoint checks, exact resume and exit codes come with it,
 a crash stays inside one run, and no state crosses runs (a fresh interpreter each time).
 
-Idempotent: a finished run is skipped, a run with a checkpoint resumes from it (``train
---resume``), a run killed before its first checkpoint starts again. A worker killed mid-run (even
+Idempotent: a finished run is skipped, a started one continues with ``train --resume`` (from its
+newest intact checkpoint, or from step 0 if it was stopped before the first one). A worker killed mid-run (even
 with SIGKILL) takes its child with it (``PR_SET_PDEATHSIG`` on Linux); Ray retries the task, which
 resumes the run. Results come back through the filesystem: ``--out`` must be a folder every node
 sees (a shared filesystem on a cluster), because checkpoints must outlive any worker.
@@ -34,7 +34,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -48,7 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from .config import ConfigError, RunConfig, algo_class, dataset_key, resolve
-from .plotting import format_value, settings_key
+from .plotting import NOT_RESULT, flat_settings, format_value, settings_key
 
 __all__ = ["PlannedRun", "SpecError", "grid_from_flags", "load_spec", "plan", "run_state", "run_sweep"]
 
@@ -263,7 +262,8 @@ def _plan_one(root: Path, common: Mapping[str, Any], cfg: Mapping[str, Any], cho
 
 # ----------------------------------------------------------------------------- one run (a Ray task)
 def run_state(run_dir: str | Path) -> str:
-    """``new``, ``finished``, ``diverged``, ``resume`` (has a checkpoint) or ``restart`` (started, no checkpoint)."""
+    """``new``, ``finished``, ``diverged``, or ``resume`` (started: ``train --resume`` continues it from its
+    newest checkpoint, or from step 0 when it was stopped before the first one)."""
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():
         return "new"
@@ -273,7 +273,7 @@ def run_state(run_dir: str | Path) -> str:
         status = None
     if status in ("finished", "diverged"):
         return str(status)
-    return "resume" if any((d / "checkpoints").glob("step_*.pt")) else "restart"
+    return "resume"
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:
@@ -295,23 +295,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def _clear_unstarted(run_dir: Path) -> None:
-    """A run killed before its first checkpoint has nothing to resume from: clear it (under the run's
-    lock when the trainer provides one, so a live writer is never touched) and start it again."""
-    from . import training
-
-    lock_cls = getattr(training, "RunLock", None)
-    lock = lock_cls(run_dir).acquire() if lock_cls is not None else None
-    try:
-        for p in run_dir.iterdir():
-            if p.name == ".lock":
-                continue
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    finally:
-        if lock is not None:
-            lock.release()
-
-
 def _error_line(log: Path) -> str:
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
@@ -330,6 +313,9 @@ def run_one(run_dir: str, config: Mapping[str, Any], threads: int, env: Mapping[
     if not d.parent.parent.is_dir():
         return {"status": "failed", "error": f"{d.parent.parent} is not visible on {host}: --out must be a folder "
                 "every node of the cluster sees (a shared filesystem)"}
+    if cwd is not None and not Path(cwd).is_dir():
+        return {"status": "failed", "error": f"{cwd} (the folder the sweep started in, where relative paths lead) is "
+                f"not visible on {host}: start the sweep from a folder every node sees"}
     state = run_state(d)
     if state in ("finished", "diverged"):
         return {"status": "skipped" if state == "finished" else "failed", "summary": _summary(d),
@@ -340,13 +326,12 @@ def run_one(run_dir: str, config: Mapping[str, Any], threads: int, env: Mapping[
     cmd += [] if plots else ["--no-plots"]
     resumed_from = None
     tmp = None
-    if state == "resume":
-        steps = sorted(int(p.stem.split("_")[-1]) for p in (d / "checkpoints").glob("step_*.pt"))
-        resumed_from = steps[-1] if steps else None
+    if state == "resume":  # under the run's lock, train picks the newest intact checkpoint (or step 0)
+        steps = sorted(int(p.stem.split("_")[-1]) for p in (d / "checkpoints").glob("step_*.pt")
+                       if p.stem.split("_")[-1].isdigit())
+        resumed_from = steps[-1] if steps else 0
         cmd += ["--resume", str(d)]
     else:
-        if state == "restart":
-            _clear_unstarted(d)
         tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="sweep-", delete=False)
         with tmp:
             yaml.safe_dump(dict(config), tmp, sort_keys=False)
@@ -422,7 +407,11 @@ def _check_existing(runs: Sequence[PlannedRun]) -> None:
         same = isinstance(have, dict) and settings_key(have) == settings_key(r.config) and all(
             have.get(k) == r.config.get(k) for k in ("dataset", "seed", "eval_seed"))
         if not same:
-            bad.append(r.run_dir)
+            theirs, ours = flat_settings(have if isinstance(have, dict) else {}), flat_settings(r.config)
+            diff = [f"{k}: {format_value(theirs.get(k))} there, {format_value(ours.get(k))} in the sweep"
+                    for k in dict.fromkeys([*ours, *theirs]) if theirs.get(k) != ours.get(k)
+                    and (k not in NOT_RESULT or k in ("seed", "eval_seed"))]
+            bad.append(f"{r.run_dir} ({'; '.join(diff[:3]) or 'unreadable config.yaml'})")
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise SpecError(f"{bad[0]}{more} already holds a run with other settings than this sweep's; move it away or "
@@ -442,9 +431,9 @@ def run_sweep(runs: Sequence[PlannedRun], *, address: str | None = None, cpus_pe
             results[r.name] = run_one(str(r.run_dir), r.config, 1, {}, plots, None)  # reads the summary only
         else:
             todo.append((r, state))
-    counts = {s: sum(1 for _, st in todo if st == s) for s in ("new", "resume", "restart")}
+    resume = sum(1 for _, st in todo if st == "resume")
     echo(f"sweep: {len(runs)} runs; {sum(1 for v in results.values() if v['status'] == 'skipped')} finished "
-         f"already (skipped), {counts['resume']} to resume, {counts['new'] + counts['restart']} to start")
+         f"already (skipped), {resume} to resume, {len(todo) - resume} to start")
     for name, res in results.items():
         if res["status"] == "failed":
             echo(f"  FAILED {name}: {res['error']}")

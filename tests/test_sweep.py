@@ -200,3 +200,16 @@ def test_sweep_on_local_ray_survives_a_killed_worker_and_is_idempotent(tmp_path,
     assert "2 finished already (skipped), 0 to resume, 1 to start" in again.stdout
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if "broken" not in str(p))
     print(f"\nRay sweep with a killed worker: {wall:.1f} s; repeat: {time.time() - t1:.1f} s")
+
+
+def test_a_run_directory_with_other_settings_stops_the_sweep_before_anything_runs(tmp_path):
+    from metaconstraint.sweep import run_sweep
+
+    runs = plan(grid_from_flags(["aspc"], None, "0", ["alpha_lr=0.25"], str(tmp_path)))
+    other = dict(runs[0].config, agent={**runs[0].config["agent"], "alpha_lr": 0.5})
+    runs[0].run_dir.mkdir(parents=True)
+    (runs[0].run_dir / "config.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(SpecError, match=r"aspc-pendulum-medium-s0 \(agent.alpha_lr: 0.5 there, 0.25 in the sweep\) "
+                                        r"already holds a run with other settings"):
+        run_sweep(runs)
+    assert sorted(p.name for p in runs[0].run_dir.iterdir()) == ["config.yaml"]
