@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "are separate lines)")
     pl.set_defaults(func=cmd_plot)
 
-    r = sub.add_parser("report", help="markdown table of final normalised scores, algorithm x dataset, over seeds",
+    r = sub.add_parser("report", help="markdown table of final normalised scores, configuration x dataset, over seeds",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("runs_dir", nargs="+", metavar="RUNS_DIR", help="folder(s) holding run directories")
     r.add_argument("--out", metavar="FILE.md", help="also write the report to this file")

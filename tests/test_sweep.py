@@ -213,3 +213,13 @@ def test_a_run_directory_with_other_settings_stops_the_sweep_before_anything_run
                                         r"already holds a run with other settings"):
         run_sweep(runs)
     assert sorted(p.name for p in runs[0].run_dir.iterdir()) == ["config.yaml"]
+
+
+def test_dry_run_lists_the_runs_and_their_state(tmp_path, tiny_npz):
+    proc = sweep_cli("--algo", "aspc", "td3bc", "--dataset", tiny_npz, "--seeds", "0-1", "--set", "critic=robust,plain",
+                     "--out", tmp_path / "o", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "8 runs planned (dry run: nothing started)"
+    assert lines[0].split() == ["new", str(tmp_path / "o" / "aspc-critic=robust" / "aspc-critic=robust-pendulum-tiny-s0")]
+    assert not (tmp_path / "o").exists()
