@@ -61,6 +61,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": dict(widths=(256,), batches=(256, 1024), rounds=5, updates=160, min_block=10, peer_block=20),
 }
 K_ALPHAS = (1, 2, 5, 10, 30)
+HORIZONS = (1, 5, 10)  # lookahead of alpha's hypergradient, timed at k_alpha = 10 (robust critic)
 
 
 def budget(size: dict[str, Any], batch_size: int) -> tuple[int, int]:

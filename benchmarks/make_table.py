@@ -69,8 +69,32 @@ def derived_ratio(r1: float, k: int) -> float:
     return 1.0 + (r1 - 1.0) / k
 
 
+def one_step_lookahead(doc: dict[str, Any]) -> dict[str, Any]:
+    """The update suite's rows at horizon 1 (results written before horizons existed have none)."""
+    return dict(doc, rows=[r for r in doc["rows"] if r.get("horizon", 1) == 1])
+
+
+def horizon_table(doc: dict[str, Any]) -> list[str]:
+    """ASPC/TD3+BC at k_alpha = 10 by lookahead horizon (rows of the same run)."""
+    rows = [r for r in doc["rows"] if r["k_alpha"] == 10 and r["critic"] == "robust"]
+    horizons = sorted({r.get("horizon", 1) for r in rows})
+    if len(horizons) < 2:
+        return []
+    keyed = {(r["batch_size"], r["width"], r.get("horizon", 1)): r for r in rows}
+    lines = ["| batch | width | " + " | ".join(f"horizon {h}" for h in horizons) + " |", "|" + "---|" * (2 + len(horizons))]
+    for batch, width in sorted({(r["batch_size"], r["width"]) for r in rows}):
+        cells = []
+        for h in horizons:
+            r = keyed.get((batch, width, h))
+            cells.append("" if r is None else f"{r['ratio']:.3f} ({r['paired_ratio']['q1']:.2f}–{r['paired_ratio']['q3']:.2f})")
+        lines.append(f"| {batch} | {width} | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: ASPC/TD3+BC time per update at k_α = 10, robust critic, α's hypergradient taken through "
+              "`horizon` actor steps; median (quartiles) of paired ratios, as above."]
+    return lines
+
+
 def update_table(doc: dict[str, Any]) -> list[str]:
-    rows = doc["rows"]
+    rows = one_step_lookahead(doc)["rows"]
     ks = sorted({r["k_alpha"] for r in rows})
     keyed = {(r["critic"], r["batch_size"], r["width"], r["k_alpha"]): r for r in rows}
     configs = sorted({(r["critic"], r["batch_size"], r["width"]) for r in rows})
@@ -112,7 +136,7 @@ def hypergrad_table(doc: dict[str, Any]) -> list[str]:
     out = []
     for (width, batch) in sorted({(r["width"], r["batch_size"]) for r in rows}):
         sub = [r for r in rows if (r["width"], r["batch_size"]) == (width, batch)]
-        order = ["first_order", "func", "higher", "jvp", "torch.func", "aspc_step", "affine_step", "implicit_cg", "implicit_neumann"]
+        order = ["first_order", "func", "higher", "jvp", "aspc_step", "affine_step", "implicit_cg", "implicit_neumann"]
         methods = sorted({r["method"] for r in sub}, key=lambda m: order.index(m) if m in order else 99)
         steps = sorted({r["steps"] for r in sub if not r["method"].startswith("implicit_")})
         nparams = sub[0]["actor_params"]
@@ -175,7 +199,7 @@ def peer_table(doc: dict[str, Any]) -> list[str]:
 def target_lines(docs: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     if "update" in docs:
-        rows = docs["update"]["rows"]
+        rows = one_step_lookahead(docs["update"])["rows"]
         for r in sorted(rows, key=lambda r: (r["critic"], r["batch_size"], r["width"])):
             if r["k_alpha"] == 10:
                 r1 = next((q for q in rows if q["k_alpha"] == 1 and
@@ -205,7 +229,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = doc["rows"]
+    rows = one_step_lookahead(doc)["rows"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for critic, batch, width in sorted({(r["critic"], r["batch_size"], r["width"]) for r in rows}):
         sub = sorted((r for r in rows if (r["critic"], r["batch_size"], r["width"]) == (critic, batch, width)),
@@ -258,6 +282,9 @@ def build(results_dir: Path = RESULTS) -> list[Path]:
             outputs.append(png)
             md += ["### Per-update cost, ASPC / TD3+BC", ""] + update_table(docs["update"])
             md += ["", f"![ratio vs k_α]({png.name})", ""]
+            horizons = horizon_table(docs["update"])
+            if horizons:
+                md += ["### Lookahead horizon, ASPC / TD3+BC at k_α = 10", ""] + horizons + [""]
         if "hypergrad" in docs:
             md += ["### Hypergradient backends", ""] + hypergrad_table(docs["hypergrad"]) + [""]
         if "peer" in docs:

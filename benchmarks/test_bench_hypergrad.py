@@ -46,7 +46,7 @@ from metaconstraint import algos, hypergrad, optim
 from metaconstraint.constraint import first_order_step
 
 STEPS = (1, 2, 3, 4, 5)
-UNROLLED = ("func", "higher", "jvp", "torch.func")
+UNROLLED = ("func", "higher", "jvp")
 IMPLICIT_ITERS = 10
 # The actor loss is not convex and the params are not an inner optimum, so the Hessian is
 # indefinite: before timing, the damping is raised (x10 from 1) until CG sees positive
@@ -83,8 +83,8 @@ class Problem:
     def inner(self, p, h):
         return self.objective(p, F.softplus(h["rho"])).loss
 
-    def outer(self, p, h):
-        return self.objective(p, self.alpha).loss
+    def outer(self, traj, h):
+        return self.objective(traj.params[-1], self.alpha).loss
 
     def num_params(self) -> int:
         return sum(v.numel() for v in self.params.values())
@@ -94,36 +94,22 @@ class Problem:
         p, s = self.params, self.opt_state
         for _ in range(steps):
             p = {k: v.detach().requires_grad_() for k, v in p.items()}
-            result, _ = first_order_step(self.objective, p, self.opt, s, self.alpha)
-            p, s = result.params, result.opt_state
+            p, s, _ = first_order_step(self.objective, p, self.opt, s, self.alpha)
 
     def unrolled(self, backend: str, steps: int) -> torch.Tensor:
-        if backend == "torch.func":
-            return self.torch_func(steps)
-        hg = hypergrad.unrolled(
-            self.inner, self.outer, self.params, self.hparams, self.opt, steps=steps,
-            opt_state=self.opt_state, backend=backend,
-        )
-        return hg["rho"]
+        with torch.no_grad():  # as the constraint calls it: no plain-autograd graph to the critic
+            hg = hypergrad.unrolled(
+                self.inner, self.outer, self.params, self.hparams, self.opt, steps=steps,
+                opt_state=self.opt_state, backend=backend,
+            )
+        return hg.grads["rho"]
 
-    def torch_func(self, steps: int) -> torch.Tensor:
-        """Nested ``torch.func.grad``: d outer(theta_k(rho)) / d rho."""
-
-        def outer_of(rho):
-            p, s = self.params, self.opt_state
-            for _ in range(steps):
-                g = torch.func.grad(lambda q: self.inner(q, {"rho": rho}))(p)
-                u, s = self.opt.update(g, s, p)
-                p = optim.apply_updates(p, u)
-            return self.outer(p, {"rho": rho})
-
-        with torch.no_grad():  # torch.func.grad ignores an outer no_grad; this only stops
-            return torch.func.grad(outer_of)(self.hparams["rho"])  # plain autograd recording the critic
-
-    def aspc_step(self) -> torch.Tensor:
+    def aspc_step(self, horizon: int) -> torch.Tensor:
+        """The agent's coefficient step (lookahead of ``horizon`` actor steps plus the rho update)."""
         leaves = {k: v.detach().requires_grad_() for k, v in self.params.items()}  # as the agent's Parameters
-        _, grad_rho, *_ = self.constraint.hypergradient(self.objective, leaves, self.opt, self.opt_state)
-        return grad_rho
+        self.constraint.config.horizon = horizon
+        _, result = self.constraint.coefficient_step(self.objective, leaves, self.opt, self.opt_state, self.constraint.state)
+        return result.logs["hypergrad"]
 
     def affine_step(self) -> torch.Tensor:
         """The steps=1 hypergradient with first-order passes only (a proposal for ASPC).
@@ -152,7 +138,7 @@ class Problem:
         u_dot = {k: d * g_a[k] for k, d in zip(names, diag)}
         updates = {k: u.detach() for k, u in updates.items()}
         stepped = {k: (params[k] + updates[k]).requires_grad_() for k in names}
-        outer = self.outer(stepped, self.hparams)
+        outer = self.objective(stepped, self.alpha).loss  # L1 at theta~, as self.outer reads it
         g_out = torch.autograd.grad(outer, [stepped[k] for k in names])
         d_coef = sum((go * u_dot[k]).sum() for go, k in zip(g_out, names))
         return d_coef * torch.sigmoid(rho)
@@ -162,7 +148,7 @@ class Problem:
             self.inner, self.outer, self.params, self.hparams, method=method, iters=IMPLICIT_ITERS,
             damping=damping, lr=lr, tol=0.0,
         )
-        return hg["rho"]
+        return hg.grads["rho"]
 
     @functools.cached_property
     def implicit_settings(self) -> dict[str, float]:
@@ -198,7 +184,7 @@ def _method(prob: Problem, method: str, steps: int, value: dict[str, torch.Tenso
         if method == "first_order":
             prob.first_order(steps)
         elif method == "aspc_step":
-            value["g"] = prob.aspc_step()
+            value["g"] = prob.aspc_step(steps)
         elif method == "affine_step":
             value["g"] = prob.affine_step()
         elif method.startswith("implicit_"):
@@ -212,7 +198,8 @@ def _method(prob: Problem, method: str, steps: int, value: dict[str, torch.Tenso
 CASES = (
     [("first_order", s) for s in STEPS]
     + [(b, s) for b in UNROLLED for s in STEPS]
-    + [("aspc_step", 1), ("affine_step", 1), ("implicit_cg", IMPLICIT_ITERS), ("implicit_neumann", IMPLICIT_ITERS)]
+    + [("aspc_step", s) for s in STEPS]
+    + [("affine_step", 1), ("implicit_cg", IMPLICIT_ITERS), ("implicit_neumann", IMPLICIT_ITERS)]
 )
 
 

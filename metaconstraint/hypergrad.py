@@ -1,62 +1,49 @@
-"""Hypergradients: the derivative of an outer loss through an inner optimisation.
+"""Hypergradients: the derivative of an outer objective through an inner optimisation.
 
 Setting. Inner parameters ``params`` (``dict[str, Tensor]``) are trained on
-``inner_loss(params, hparams)``; the result is judged by ``outer_loss(params, hparams)``.
-Both losses are plain functions returning a scalar tensor (use
-``torch.func.functional_call(module, params, x)`` to run a module on a param dict).
-This module returns ``d outer_loss(params_k(hparams), hparams) / d hparams``:
+``inner(params, hparams)``, which returns a scalar loss or an object with a ``.loss`` field
+(e.g. :class:`metaconstraint.constraint.Terms`). The outer objective judges the whole
+run: ``outer(trajectory, hparams)`` gets a :class:`Trajectory` -- the iterates
+``params_0 .. params_k``, the optimizer states, and what ``inner`` returned at each
+iterate -- and returns a scalar (or ``(scalar, aux)``). This module returns
+``d outer / d hparams``:
 
-* :func:`unrolled` -- differentiate through ``k`` steps of a functional optimizer
-  (:mod:`metaconstraint.optim`), optionally only through the last ``t`` of them;
+* :func:`step` -- one optimizer step, the single building block every caller uses (the
+  adaptive constraint, :func:`unrolled`, the agents' first-order steps, the benchmarks);
+* :func:`unrolled` -- differentiate through ``k`` steps, optionally only the last ``t``;
 * :func:`implicit` -- implicit function theorem at an inner optimum (CG or Neumann);
 * :func:`check` -- central finite differences in float64, to test either of the above.
 
-Three unrolled backends compute the same quantity and are tested to agree (relative
-error <= 1e-6 in float64):
+What the outer objective sees. ``trajectory.outputs[i]`` is ``inner(params_i, hparams)``,
+evaluated when ``outer`` first reads it (``outputs[0]`` reuses the forward pass of the first
+step), so the result is the true derivative of what ``outer`` returns (:func:`check` tests
+exactly that). ``trajectory.evaluate(i, other_hparams)`` evaluates the inner objective at
+iterate ``i`` with other hparams, e.g. detached ones, for a semi-gradient in which the
+hparams act through the iterates only (ASPC's L1 reads ``coef * L_RL + L_BC`` at the
+last iterate with ``coef`` held constant).
 
-``"func"``   reverse-over-reverse: inner gradients with ``create_graph=True`` on the
-             param dict, then one backward pass to the hparams. Cost independent of the
-             number of hparams; memory grows with ``steps``.
-``"higher"`` the same unrolled steps run by the ``higher`` library (``innerloop_ctx`` and
-             its differentiable ``torch.optim.Adam`` / ``SGD``) on a holder ``nn.Module``
-             whose parameters are the param dict. Kept as an independent cross-check.
-``"jvp"``    forward-over-reverse: forward-mode AD (``torch.autograd.forward_ad``, the
-             dual-tensor machinery under ``torch.func.jvp``) carries the tangent
-             ``d params / d h`` through ordinary inner backward passes, one pass per scalar
-             hparam element. The reverse graph is dropped after every step, so memory does
-             not grow with ``steps``. Meant for a few scalars such as ASPC's alpha. The
-             tangent of an adam/sgd step is written out by hand (other optimizers use a
-             generic double-vjp); on CPU with torch 2.x each op that mixes a dual tensor with a
-             tangent-less tensor (data, targets) pays ~0.5-1 ms for a ZeroTensor shape
-             computed in Python, so this backend is not faster than ``"func"`` there.
+Three unrolled backends compute the same quantity and are tested to agree (<= 1e-10 in
+float64):
 
-Conventions (all backends follow the ones of :mod:`metaconstraint.optim`):
+``"func"``   reverse-over-reverse with ``torch.func``: ``grad`` over the hparams of a
+             function that runs the steps (each a ``torch.func.grad`` over the params).
+             Pure, so it also runs under ``torch.func.vmap`` (several seeds at once).
+             Memory grows with ``steps``.
+``"higher"`` the same steps run by the ``higher`` library's differentiable
+             ``torch.optim`` optimizers, an independent cross-check. Needs an optimizer
+             with a ``torch_equivalent`` (:func:`metaconstraint.optim.adam`, ``sgd``).
+``"jvp"``    forward-over-reverse: ``torch.func.jvp`` of :func:`step` carries the tangent
+             ``d params / d h`` through the steps, one pass per scalar hparam element, and
+             keeps no graph between steps, so memory does not grow with ``steps``. Meant
+             for a few scalars such as a constraint coefficient.
 
-* Adam has bias correction on, ``eps`` outside the root and ``eps_root`` inside it:
-  ``u = -lr * m_hat / (sqrt(v_hat + eps_root) + eps)``. With ``eps_root > 0`` (default
-  1e-16) the derivative of the root is finite where ``v = 0`` (first step, a gradient
-  entry that is exactly zero); ``eps_root = 0`` can give NaN there.
-* ``higher``'s Adam differs in two ways, handled as follows. (1) It adds ``eps`` to
-  ``sqrt(v)`` rather than to ``sqrt(v_hat)``; the backend passes ``eps * sqrt(1 - b2**t)``
-  at step ``t`` (via higher's per-step ``override``), which makes the update identical.
-  (2) It has no ``eps_root``: it masks the gradient through ``v`` where ``v == 0``.
-  Where ``v > 0`` the two agree to a relative ``~eps_root / (2 v_hat)`` (1e-10 for
-  gradients of 1e-3); where ``v == 0`` exactly *and* the gradient entry still depends on
-  the hparams, the derivative of the update differs (``1 / (sqrt(eps_root) + eps)`` here
-  against ``1 / eps`` in higher), a measure-zero case in practice. One more case: a step
-  from a *fresh* Adam state is ``~ -lr * sign(g)``, whose derivative ``~ lr * eps / g**2``
-  is a cancellation that ``eps_root`` moves by a relative ``~ eps_root / (eps |g|)``
-  (1e-6 for ``|g| = 1e-2`` at the defaults); from the second step on it is ``~ eps_root / v``.
-  (The same fact means a hypergradient through one fresh Adam step is tiny, of order
-  ``eps``: carry the Adam state, as ASPC does.)
-* Weight decay is coupled (added to the gradient) and the learning rate may be a
-  schedule ``count -> lr`` (the ``higher`` backend passes it per step via ``override``).
-  The ``higher`` backend supports only :func:`metaconstraint.optim.adam` and
-  :func:`metaconstraint.optim.sgd`; other transformations raise a ``ValueError``.
-* The initial ``params`` and ``opt_state`` are constants (detached); ``hparams`` are
-  leaves. A hyper-parameter that the outer loss cannot reach (it enters neither
-  ``outer_loss`` nor the inner *gradient* of any differentiated step) raises a
-  ``ValueError`` naming it; one that is reached but has a zero derivative gets zeros.
+Conventions: the optimizer is a :class:`metaconstraint.optim.GradientTransformation` or a
+function ``hparams -> GradientTransformation`` (to differentiate the inner learning rate,
+betas or weight decay: ``opt=lambda h: optim.adam(lr=h["lr"])``). A parameter the inner loss
+does not use gets a zero gradient; an hparam the outer objective cannot reach gets a zero
+hypergradient (``torch.func``'s convention); in :func:`unrolled`, an outer loss that *no*
+hparam reaches is an error.
+The initial ``params`` and ``opt_state`` are constants.
 """
 
 from __future__ import annotations
@@ -64,65 +51,94 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable, Optional
+from collections.abc import Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+from torch.func import grad, jvp
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from .optim import GradientTransformation, Params, State, apply_updates, check_tree, detach_state
+from .optim import GradientTransformation, Params, State, apply_updates, check_state, check_tree, detach_state
 
-LossFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Tensor]
+InnerFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Any]
+OuterFn = Callable[["Trajectory", Mapping[str, Tensor]], Any]
+OptLike = Union[GradientTransformation, Callable[[Mapping[str, Tensor]], GradientTransformation]]
 
-__all__ = ["Hypergrad", "unrolled", "implicit", "check", "BACKENDS", "METHODS"]
+__all__ = ["Step", "Trajectory", "Hypergrad", "step", "unrolled", "implicit", "check", "BACKENDS", "METHODS"]
 
 BACKENDS = ("func", "higher", "jvp")
 METHODS = ("cg", "neumann")
 
 
-class Hypergrad(Mapping):
-    """Read-only mapping ``hparam name -> d outer / d hparam``, plus what the inner run produced.
+# ----------------------------------------------------------------------------- results
 
-    Attributes:
-        outer: outer loss at the final inner params (0-dim, detached).
-        params: final inner params (detached); for :func:`implicit`, the given optimum.
-        opt_state: final optimizer state (detached, :mod:`metaconstraint.optim` format),
-            or ``None`` for :func:`implicit`.
-        info: diagnostics (backend or method, steps, solver residual, ...).
+
+class Step(NamedTuple):
+    """One optimizer step: the new params and state, and what the loss function returned before it."""
+
+    params: Params
+    opt_state: State
+    output: Any
+
+
+class Trajectory(NamedTuple):
+    """The iterates of an inner run (``k + 1`` of them) and the inner objective at each.
+
+    ``outputs[i]`` is ``inner(params[i], hparams)``, evaluated on first access. For
+    :func:`implicit` the trajectory is ``(params*, params*(h))``: the optimum as a constant,
+    then as the differentiable function of the hparams.
     """
 
-    __slots__ = ("_grads", "outer", "params", "opt_state", "info")
+    params: tuple[Params, ...]
+    opt_states: tuple[State, ...]
+    outputs: Sequence
+    inner: InnerFn
 
-    def __init__(
-        self,
-        grads: Mapping[str, Tensor],
-        outer: Tensor,
-        params: Mapping[str, Tensor],
-        opt_state: Optional[State] = None,
-        info: Optional[dict[str, Any]] = None,
-    ) -> None:
-        self._grads = {k: v.detach() for k, v in grads.items()}
-        self.outer = outer.detach()
-        self.params = {k: v.detach() for k, v in params.items()}
-        self.opt_state = None if opt_state is None else detach_state(opt_state)
-        self.info = dict(info or {})
+    def evaluate(self, i: int, hparams: Mapping[str, Tensor]) -> Any:
+        """The inner objective at iterate ``i`` with the given hparams (e.g. detached ones)."""
+        return self.inner(self.params[i], hparams)
 
-    def __getitem__(self, name: str) -> Tensor:
-        try:
-            return self._grads[name]
-        except KeyError:
-            raise KeyError(f"no hypergradient for '{name}'; the hparams are {sorted(self._grads)}") from None
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._grads)
+class Hypergrad(NamedTuple):
+    """What :func:`unrolled` and :func:`implicit` return (all tensors detached).
+
+    ``grads``: ``hparam name -> d outer / d hparam``; ``outer``: the outer loss; ``aux``: what
+    ``outer`` returned beside it (or ``None``); ``params`` / ``opt_state``: the iterates and
+    optimizer states of the run (``k + 1`` each; for :func:`implicit` the optimum and
+    ``None``); ``info``: diagnostics (backend or method, steps, solver residual, ...).
+    """
+
+    grads: dict[str, Tensor]
+    outer: Tensor
+    aux: Any
+    params: tuple[Params, ...]
+    opt_state: tuple[State, ...]
+    info: dict[str, Any]
+
+    @property
+    def final_params(self) -> Params:
+        return self.params[-1]
+
+
+class _LazyOutputs(Sequence):
+    """``outputs[i] = evaluate(i)``, computed once, on first access."""
+
+    def __init__(self, evaluate: Callable[[int], Any], n: int, known: Optional[dict[int, Any]] = None):
+        self._evaluate, self._n, self._cache = evaluate, n, dict(known or {})
 
     def __len__(self) -> int:
-        return len(self._grads)
+        return self._n
 
-    def __repr__(self) -> str:
-        shapes = {k: tuple(v.shape) for k, v in self._grads.items()}
-        return f"Hypergrad(outer={float(self.outer):.6g}, grads={shapes}, info={self.info})"
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        j = i + self._n if i < 0 else i
+        if not 0 <= j < self._n:
+            raise IndexError(f"trajectory has {self._n} iterates, index {i} is out of range")
+        if j not in self._cache:
+            self._cache[j] = self._evaluate(j)
+        return self._cache[j]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -140,14 +156,6 @@ def _check_tensor_dict(d: Any, what: str) -> None:
             raise TypeError(f"{what}['{k}'] must be a floating-point tensor, got {v.dtype}")
 
 
-def _check_opt_state(state: Any, params: Mapping[str, Tensor]) -> None:
-    if not isinstance(state, Mapping) or "count" not in state:
-        raise TypeError("opt_state must be a state from opt.init(params) / opt.update (a dict with 'count')")
-    for key, value in state.items():
-        if isinstance(value, Mapping):
-            check_tree(params, value, f"opt_state['{key}']")
-
-
 def _scalar(value: Any, fn_name: str) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{fn_name} must return a scalar Tensor, got {type(value).__name__}")
@@ -159,388 +167,274 @@ def _scalar(value: Any, fn_name: str) -> Tensor:
     return value.reshape(())
 
 
-def _no_path_error(name: str, where: str) -> ValueError:
-    return ValueError(
-        f"hparam '{name}' has no path to the outer loss: it enters neither outer_loss nor the gradient "
-        f"of inner_loss w.r.t. the params {where}, so the autograd graph is missing (a hyper-parameter "
-        "that only adds a constant to inner_loss cannot change the params). Check that the loss functions "
-        f"use hparams['{name}'], or drop it from hparams"
+def _loss_of(output: Any, fn_name: str = "inner_loss") -> Tensor:
+    """The scalar loss in what a loss function returned: the tensor itself or its ``.loss``."""
+    if isinstance(output, Tensor):
+        return _scalar(output, fn_name)
+    loss = getattr(output, "loss", None)
+    if loss is None:
+        raise TypeError(
+            f"{fn_name} must return a scalar Tensor or an object with a .loss field (e.g. Terms), "
+            f"got {type(output).__name__}"
+        )
+    return _scalar(loss, f"{fn_name}'s .loss")
+
+
+def _outer_value(value: Any) -> tuple[Tensor, Any]:
+    if isinstance(value, tuple) and len(value) == 2:
+        return _scalar(value[0], "outer_loss"), value[1]
+    return _scalar(value, "outer_loss"), None
+
+
+def _resolve_opt(opt: OptLike, hparams: Mapping[str, Tensor]) -> GradientTransformation:
+    if isinstance(opt, GradientTransformation):
+        return opt
+    if callable(opt):
+        built = opt(hparams)
+        if isinstance(built, GradientTransformation):
+            return built
+        raise TypeError(f"opt(hparams) must return a GradientTransformation, got {type(built).__name__}")
+    raise TypeError(
+        "opt must be a metaconstraint.optim.GradientTransformation or a function hparams -> GradientTransformation, "
+        f"got {type(opt).__name__}"
     )
 
 
-def _leaves(d: Mapping[str, Tensor]) -> Params:
-    return {k: v.detach().requires_grad_() for k, v in d.items()}
+def _no_path_error(where: str) -> ValueError:
+    return ValueError(
+        f"no hparam reaches the outer loss {where}: it depends on the hparams neither directly nor through the "
+        "params (a hyper-parameter that only adds a constant to the inner loss cannot change the params). Check that "
+        "inner_loss / outer_loss use the hparams"
+    )
 
 
-def _inner_grads(inner_loss: LossFn, params: Params, hparams: Mapping[str, Tensor], create_graph: bool) -> Params:
-    """Gradient of the inner loss w.r.t. every param; ``params`` must require grad."""
-    loss = _scalar(inner_loss(params, hparams), "inner_loss")
-    if not loss.requires_grad:
-        raise ValueError("inner_loss has no autograd graph: it does not depend on the params it was given")
-    names = list(params)
-    grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True)
-    out: Params = {}
-    for n, g in zip(names, grads):
-        if g is None:
-            raise ValueError(f"inner_loss does not depend on parameter '{n}' (no gradient); drop it from params")
-        out[n] = g
-    return out
+class _Carry:
+    """Carries a nest with non-tensor leaves (ints, None) out of a ``torch.func`` transform,
+    whose outputs must be tensors: the tensors go through the transform, the rest beside it."""
+
+    def pack(self, tree: Any) -> list[Tensor]:
+        leaves, self._spec = tree_flatten(tree)
+        self._leaves = leaves
+        return [x for x in leaves if isinstance(x, Tensor)]
+
+    def unpack(self, tensors: list[Tensor]) -> Any:
+        it = iter(tensors)
+        return tree_unflatten([next(it) if isinstance(x, Tensor) else x for x in self._leaves], self._spec)
+
+
+def _detached(tree: Any) -> Any:
+    return tree_map(lambda x: x.detach() if isinstance(x, Tensor) else x, tree)
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def step(
+    loss_fn: Callable[[Mapping[str, Tensor]], Any],
+    params: Mapping[str, Tensor],
+    opt: GradientTransformation,
+    opt_state: State,
+) -> Step:
+    """One optimizer step on ``loss_fn(params)`` (a scalar, or an object with ``.loss``).
+
+    Pure: called plainly it is an ordinary step; called inside a ``torch.func`` transform
+    over something ``loss_fn`` uses (a coefficient, an hparam), the new params are a
+    differentiable function of it. A parameter ``loss_fn`` does not use gets a zero gradient.
+    """
+
+    def loss_and_output(p: Mapping[str, Tensor]) -> tuple[Tensor, Any]:
+        output = loss_fn(p)
+        return _loss_of(output), carry.pack(output)
+
+    carry = _Carry()
+    grads, packed = grad(loss_and_output, has_aux=True)(dict(params))
+    output = carry.unpack(packed)
+    updates, new_state = opt.update(grads, opt_state, params)
+    return Step(apply_updates(params, updates), new_state, output)
+
+
+def _plain_steps(inner: InnerFn, params: Params, hparams: Params, opt: OptLike, state: State, n: int):
+    """``n`` steps with the hparams held constant (the truncated, first-order part)."""
+    hp = _detached(hparams)
+    o = _resolve_opt(opt, hp)
+    iterates, states = [params], [state]
+    with torch.no_grad():
+        for _ in range(n):
+            s = step(lambda p: inner(p, hp), iterates[-1], o, states[-1])
+            iterates.append(s.params)
+            states.append(s.opt_state)
+    return iterates, states
+
+
+def _trajectory(inner: InnerFn, iterates, states, hparams, known: Optional[dict[int, Any]] = None) -> Trajectory:
+    iterates, states = tuple(iterates), tuple(states)
+    outputs = _LazyOutputs(lambda j: inner(iterates[j], hparams), len(iterates), known)
+    return Trajectory(iterates, states, outputs, inner)
 
 
 # ----------------------------------------------------------------------------- unrolled
 
 
-def _plain_steps(
-    inner_loss: LossFn, params: Params, hparams: Mapping[str, Tensor], opt: GradientTransformation, state: State, n: int
-) -> tuple[Params, State]:
-    """``n`` ordinary optimizer steps with no graph to the hparams (first-order, truncated part)."""
-    hp = {k: v.detach() for k, v in hparams.items()}
-    for _ in range(n):
-        p = _leaves(params)
-        grads = _inner_grads(inner_loss, p, hp, create_graph=False)
-        with torch.no_grad():
-            updates, state = opt.update(grads, state, params)
-            params = apply_updates(params, updates)
-        state = detach_state(state)
-    return params, state
+def _unroll_func(inner, outer, prefix, hparams, opt, steps):
+    iterates0, states0 = prefix
 
+    def outer_of(h: Params):
+        o = _resolve_opt(opt, h)
+        iterates, states, known = list(iterates0), list(states0), {}
+        for i in range(steps):
+            s = step(lambda p: inner(p, h), iterates[-1], o, states[-1])
+            if i == 0:
+                known[len(iterates) - 1] = s.output  # the first step's forward pass, reused
+            iterates.append(s.params)
+            states.append(s.opt_state)
+        traj = _trajectory(inner, iterates, states, h, known)
+        loss, aux = _outer_value(outer(traj, h))
+        if not loss.requires_grad:
+            raise _no_path_error(f"in the {steps} differentiated step(s)")
+        return loss, (loss, carry.pack((aux, tuple(iterates), tuple(states))))
 
-def _grads_to_hparams(outer: Tensor, hparams: Params, where: str) -> Params:
-    names = list(hparams)
-    if not outer.requires_grad:
-        raise _no_path_error(names[0], where)
-    gs = torch.autograd.grad(outer, [hparams[n] for n in names], allow_unused=True)
-    out: Params = {}
-    for n, g in zip(names, gs):
-        if g is None:
-            raise _no_path_error(n, where)
-        out[n] = g
-    return out
-
-
-def _unroll_func(inner_loss, outer_loss, params, hparams, opt, state, steps):
-    p: Params = _leaves(params)
-    for _ in range(steps):
-        grads = _inner_grads(inner_loss, p, hparams, create_graph=True)
-        updates, state = opt.update(grads, state, p)
-        p = apply_updates(p, updates)
-    outer = _scalar(outer_loss(p, hparams), "outer_loss")
-    grads = _grads_to_hparams(outer, hparams, f"in the {steps} differentiated step(s)")
-    return grads, outer, p, state
-
-
-def _tensor_leaves(tree: Any, out: list[Tensor]) -> Callable[[list[Tensor]], Any]:
-    """Append the tensors of a nest of dicts/lists/tuples to ``out``; return a rebuilder."""
-    if isinstance(tree, Tensor):
-        i = len(out)
-        out.append(tree)
-        return lambda leaves: leaves[i]
-    if isinstance(tree, dict):
-        builders = {k: _tensor_leaves(v, out) for k, v in tree.items()}
-        return lambda leaves: {k: b(leaves) for k, b in builders.items()}
-    if isinstance(tree, (list, tuple)):
-        items = [_tensor_leaves(v, out) for v in tree]
-        return lambda leaves: type(tree)(b(leaves) for b in items)
-    return lambda leaves: tree
-
-
-def _split_dual(x: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-    primal, tangent = fwAD.unpack_dual(x)
-    return primal.detach(), None if tangent is None else tangent.detach()
-
-
-def _known_update_with_tangents(
-    opt: GradientTransformation, grads: Params, state: State, params: Params
-) -> tuple[Params, State]:
-    """Tangent-carrying step of :func:`~metaconstraint.optim.adam` / :func:`~metaconstraint.optim.sgd`.
-
-    Written out by hand (primal and tangent side by side, plain tensors) because it is several
-    times cheaper than the generic :func:`_update_with_tangents`; it must mirror
-    ``metaconstraint.optim`` exactly, which ``tests/test_hypergrad.py`` checks against the
-    ``func`` backend for both optimizers, with weight decay, momentum and schedules. An output
-    gets a tangent only if one of its inputs has one, so a missing path stays detectable.
-    """
-    hyper = opt.hyperparams
-    count = int(state["count"])
-    lr, wd = hyper["lr"], hyper["weight_decay"]
-    step_size = float(lr(count)) if callable(lr) else float(lr)
-    updates: Params = {}
-    new_state: State = {"count": count + 1}
-    if hyper["name"] == "adam":
-        b1, b2 = hyper["betas"]
-        eps, eps_root = hyper["eps"], hyper["eps_root"]
-        t = count + 1
-        bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
-        new_state["mu"], new_state["nu"] = {}, {}
-    else:
-        momentum = hyper["momentum"]
-        if momentum:
-            new_state["trace"] = {}
-
-    def dual(primal: Tensor, tangent: Optional[Tensor]) -> Tensor:
-        return primal if tangent is None else fwAD.make_dual(primal, tangent)
-
-    for k, gk in grads.items():
-        g, g_dot = _split_dual(gk)
-        inputs = [g_dot]
-        if wd:
-            p, p_dot = _split_dual(params[k])
-            g = g + wd * p
-            inputs.append(p_dot)
-        if hyper["name"] == "adam":
-            m0, m0_dot = _split_dual(state["mu"][k])
-            v0, v0_dot = _split_dual(state["nu"][k])
-            inputs += [m0_dot, v0_dot]
-        elif momentum and count > 0:
-            tr, tr_dot = _split_dual(state["trace"][k])
-            inputs.append(tr_dot)
-        live = any(x is not None for x in inputs)
-        zero = torch.zeros_like(g)
-        g_dot = (zero if g_dot is None else g_dot) + (wd * p_dot if wd and p_dot is not None else 0.0)
-        if hyper["name"] == "adam":
-            m0_dot = zero if m0_dot is None else m0_dot
-            v0_dot = zero if v0_dot is None else v0_dot
-            m = b1 * m0 + (1.0 - b1) * g
-            v = b2 * v0 + (1.0 - b2) * (g * g)
-            root = torch.sqrt(v / bc2 + eps_root)
-            denom = root + eps
-            c = -step_size / bc1
-            u = c * m / denom
-            m_dot = v_dot = u_dot = None
-            if live:
-                m_dot = b1 * m0_dot + (1.0 - b1) * g_dot
-                v_dot = b2 * v0_dot + (2.0 * (1.0 - b2)) * (g * g_dot)
-                root_dot = v_dot / (2.0 * bc2 * root)
-                u_dot = c * (m_dot - m * root_dot / denom) / denom
-            new_state["mu"][k], new_state["nu"][k] = dual(m, m_dot), dual(v, v_dot)
-        else:
-            d, d_dot = g, g_dot
-            if momentum:
-                if count > 0:
-                    d = momentum * tr + g
-                    d_dot = momentum * (zero if tr_dot is None else tr_dot) + g_dot
-                new_state["trace"][k] = dual(d, d_dot if live else None)
-            u, u_dot = -step_size * d, (-step_size * d_dot if live else None)
-        updates[k] = dual(u, u_dot)
-    return updates, new_state
-
-
-def _update_with_tangents(
-    opt: GradientTransformation, grads: Params, state: State, params: Params
-) -> tuple[Params, State]:
-    """``opt.update`` on dual tensors: primal result plus its forward-mode tangent.
-
-    Computed on the primals with reverse mode (the tangent of ``y = f(x)`` is
-    ``d/dw [(J^T w) . x_dot]``, two backward passes through the elementwise update) rather
-    than by running ``opt.update`` on dual tensors: in forward AD every op that mixes a dual
-    tensor with a tangent-less operand (the optimizer's Python-scalar coefficients) builds a
-    ZeroTensor tangent whose shape comes from a Python meta kernel, about 0.5 ms per op on
-    CPU with torch 2.x -- this made a 2x256 MLP step some 50 ms slower.
-    """
-    leaves: list[Tensor] = []
-    rebuild_inputs = _tensor_leaves((grads, state, params), leaves)
-    primals, tangents = [], []
-    for x in leaves:
-        primal, tangent = fwAD.unpack_dual(x)
-        primals.append(primal.detach().requires_grad_(primal.is_floating_point()))
-        tangents.append(None if tangent is None else tangent.detach())
-    g0, s0, p0 = rebuild_inputs(primals)
-    with torch.enable_grad():
-        updates, new_state = opt.update(g0, s0, p0)
-    outs: list[Tensor] = []
-    rebuild_outputs = _tensor_leaves((updates, new_state), outs)
-    active = [i for i, y in enumerate(outs) if y.requires_grad]
-    y_dots: list[Optional[Tensor]] = [None] * len(outs)
-    live = [j for j, t in enumerate(tangents) if t is not None]
-    if active and live:
-        ws = [torch.zeros_like(outs[i], requires_grad=True) for i in active]
-        x_bars = torch.autograd.grad(
-            [outs[i] for i in active], [primals[j] for j in live], grad_outputs=ws, create_graph=True, allow_unused=True
-        )
-        pairs = [(xb, tangents[j]) for xb, j in zip(x_bars, live) if xb is not None and xb.requires_grad]
-        if pairs:
-            dots = torch.autograd.grad(
-                [xb for xb, _ in pairs], ws, grad_outputs=[t for _, t in pairs], allow_unused=True
-            )
-            for i, d in zip(active, dots):
-                y_dots[i] = d
-    result = [
-        y.detach() if d is None else fwAD.make_dual(y.detach(), d.detach()) for y, d in zip(outs, y_dots)
-    ]
-    return rebuild_outputs(result)
+    carry = _Carry()
+    grads, (loss, packed) = grad(outer_of, has_aux=True)(hparams)
+    aux, iterates, states = carry.unpack(packed)
+    return grads, loss, aux, iterates, states
 
 
 @functools.cache
 def _quiet_forward_ad_setup() -> None:
-    """Make torch load its forward-AD decompositions once, hiding its internal warning.
-
-    The first ``make_dual`` scripts them with ``torch.jit.script``, which warns that it is
-    deprecated: a message about torch's internals, not about the user's code.
-    """
+    """Load torch's forward-AD decompositions once, hiding the deprecation warning torch's own
+    internals raise while scripting them (a message about torch, not about the user's code)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script", category=DeprecationWarning)
-        with fwAD.dual_level():
-            fwAD.make_dual(torch.zeros(()), torch.zeros(()))
+        jvp(torch.sin, (torch.zeros(()),), (torch.ones(()),))
+        jvp(lambda x: grad(lambda y: (y * y).sum())(x), (torch.zeros(2),), (torch.ones(2),))
 
 
-def _unroll_jvp(inner_loss, outer_loss, params, hparams, opt, state, steps):
+def _unroll_jvp(inner, outer, prefix, hparams, opt, steps):
     _quiet_forward_ad_setup()
-    # Forward AD is switched off inside e.g. a custom autograd.Function's forward; this
-    # backend needs it on (private torch API, present since torch 1.11).
-    with fwAD._set_fwd_grad_enabled(True):
-        return _unroll_jvp_enabled(inner_loss, outer_loss, params, hparams, opt, state, steps)
+    iterates0, states0 = prefix
+    base = _detached(hparams)
+    p_start, s_start = iterates0[-1], states0[-1]
+    s_leaves, s_spec = tree_flatten(s_start)
+    is_tensor = [isinstance(x, Tensor) for x in s_leaves]
 
+    def unflatten_state(tensors: list[Tensor], statics: list[Any]) -> State:
+        it = iter(tensors)
+        return tree_unflatten([next(it) if t else s for t, s in zip(is_tensor, statics)], s_spec)
 
-def _split_tree(tree: Any) -> tuple[Any, Any]:
-    """A nest of (possibly dual) tensors as two nests: detached primals, tangents (or None)."""
-    if isinstance(tree, Tensor):
-        primal, tangent = fwAD.unpack_dual(tree)
-        return primal.detach(), None if tangent is None else tangent.detach()
-    if isinstance(tree, dict):
-        pairs = {k: _split_tree(v) for k, v in tree.items()}
-        return {k: a for k, (a, _) in pairs.items()}, {k: b for k, (_, b) in pairs.items()}
-    if isinstance(tree, (list, tuple)):
-        pairs = [_split_tree(v) for v in tree]
-        return type(tree)(a for a, _ in pairs), type(tree)(b for _, b in pairs)
-    return tree, None
-
-
-def _join_tree(primals: Any, tangents: Any, requires_grad: bool = False) -> Any:
-    """Inverse of :func:`_split_tree` inside a dual level (primals become fresh leaves)."""
-    if isinstance(primals, Tensor):
-        leaf = primals.detach().requires_grad_(requires_grad)
-        return leaf if tangents is None else fwAD.make_dual(leaf, tangents)
-    if isinstance(primals, dict):
-        return {k: _join_tree(v, None if tangents is None else tangents[k], requires_grad) for k, v in primals.items()}
-    if isinstance(primals, (list, tuple)):
-        ts = [None] * len(primals) if tangents is None else tangents
-        return type(primals)(_join_tree(v, t, requires_grad) for v, t in zip(primals, ts))
-    return primals
-
-
-def _unroll_jvp_enabled(inner_loss, outer_loss, params, hparams, opt, state, steps):
-    known = opt.hyperparams.get("name") in ("adam", "sgd")
-    step_fn = _known_update_with_tangents if known else _update_with_tangents
-    base = {k: v.detach() for k, v in hparams.items()}
-    # Forward mode through the inner steps, one pass per hparam element: the tangent of the
-    # final params. The outer loss is then differentiated once, in reverse mode, for all
-    # directions: d outer = grad_p outer . p_dot + d_h outer (and no dual ops in outer_loss).
-    # Each step runs in its own dual level, with primals and tangents carried outside as plain
-    # tensors: torch keeps forward grads made inside a level alive until the level exits, so one
-    # level for all steps would grow memory with every step.
-    directions: list[tuple[str, int, dict[str, Optional[Tensor]]]] = []
-    final_p = final_state = None
+    # Forward mode through the steps, one pass per hparam element: the tangents of the iterates.
+    directions: list[tuple[str, int, list[Params]]] = []
+    primal_iterates: list[Params] = []
+    primal_states: list[State] = []
     for name, value in base.items():
         for j in range(value.numel()):
-            e_j = torch.zeros(value.numel(), dtype=value.dtype, device=value.device)
-            e_j[j] = 1.0
-            p, p_dot = dict(params), None
-            s, s_dot = state, None
+            e = {k: torch.zeros_like(v) for k, v in base.items()}
+            e[name].view(-1)[j] = 1.0
+            p, p_dot = p_start, {k: torch.zeros_like(v) for k, v in p_start.items()}
+            statics = list(s_leaves)
+            s_t = [x for x, t in zip(s_leaves, is_tensor) if t]
+            s_dot = [torch.zeros_like(x) for x in s_t]
+            iterates, states, tangents = [], [], []
             for _ in range(steps):
-                with fwAD.dual_level():
-                    hp = dict(base)
-                    hp[name] = fwAD.make_dual(value, e_j.view_as(value))
-                    p_in = _join_tree(p, p_dot, requires_grad=True)
-                    g = _inner_grads(inner_loss, p_in, hp, create_graph=False)
-                    updates, s_new = step_fn(opt, g, _join_tree(s, s_dot), p_in)
-                    with torch.no_grad():  # forward-mode tangents still flow under no_grad
-                        p_new = apply_updates(p_in, updates)
-                    p, p_dot = _split_tree(p_new)
-                    s, s_dot = _split_tree(s_new)
-            directions.append((name, j, p_dot))
-            if final_p is None:
-                final_p, final_state = p, s
+                new_statics: list[Any] = []
 
-    p_leaf, h_leaf = _leaves(final_p), _leaves(base)
-    outer = _scalar(outer_loss(p_leaf, h_leaf), "outer_loss")
-    pnames, hnames = list(p_leaf), list(h_leaf)
-    if outer.requires_grad:
-        d = torch.autograd.grad(outer, [p_leaf[n] for n in pnames] + [h_leaf[n] for n in hnames], allow_unused=True)
-    else:
-        d = (None,) * (len(pnames) + len(hnames))
-    d_p = dict(zip(pnames, d[: len(pnames)]))
-    d_h = dict(zip(hnames, d[len(pnames) :]))
+                def one(p_, s_, h_, statics=statics, new_statics=new_statics):
+                    s = step(lambda q: inner(q, h_), p_, _resolve_opt(opt, h_), unflatten_state(s_, statics))
+                    leaves, _ = tree_flatten(s.opt_state)
+                    new_statics.extend(leaves)
+                    return s.params, [x for x, t in zip(leaves, is_tensor) if t]
+
+                (p, s_t), (p_dot, s_dot) = jvp(one, (p, s_t, base), (p_dot, s_dot, e))
+                statics = new_statics
+                iterates.append(p)
+                states.append(unflatten_state(s_t, statics))
+                tangents.append(p_dot)
+            directions.append((name, j, tangents))
+            if not primal_iterates:
+                primal_iterates, primal_states = iterates, states
+
+    # Reverse mode once, at the iterates as leaves: d outer = sum_i grad_{p_i} outer . p_dot_i + d_h outer.
+    leaves = [{k: v.detach().requires_grad_() for k, v in p.items()} for p in primal_iterates]
+    all_iterates = list(iterates0) + leaves
+    h_leaf = {k: v.clone().requires_grad_() for k, v in base.items()}
+    traj = _trajectory(inner, all_iterates, list(states0) + list(primal_states), h_leaf)
+    with torch.enable_grad():
+        loss, aux = _outer_value(outer(traj, h_leaf))
+        wrt = [t for p in leaves for t in p.values()] + list(h_leaf.values())
+        d = torch.autograd.grad(loss, wrt, allow_unused=True)
+    d_iter, pos = [], 0
+    for p in leaves:
+        d_iter.append({k: d[pos + i] for i, k in enumerate(p)})
+        pos += len(p)
+    d_h = dict(zip(h_leaf, d[pos:]))
+    # forward mode cannot tell a missing path from a zero tangent: no path = all tangents exactly 0
+    if all(g is None for g in d_h.values()) and not any(
+        bool(t.any()) for _, _, tangents in directions for p_dot in tangents for t in p_dot.values()
+    ):
+        raise _no_path_error(f"in the {steps} differentiated step(s)")
     grads = {k: torch.zeros_like(v).reshape(-1) for k, v in base.items()}
-    for name, j, p_dot in directions:
-        terms = [(d_p[k] * t).sum() for k, t in p_dot.items() if t is not None and d_p[k] is not None]
-        if not terms and d_h[name] is None:
-            raise _no_path_error(name, f"in the {steps} differentiated step(s)")
-        total = sum(terms) if terms else torch.zeros((), dtype=base[name].dtype)
+    for name, j, tangents in directions:
+        total = torch.zeros((), dtype=base[name].dtype, device=base[name].device)
+        for d_p, p_dot in zip(d_iter, tangents):
+            for k, t in p_dot.items():
+                if d_p[k] is not None:
+                    total = total + (d_p[k] * t).sum()
         if d_h[name] is not None:
             total = total + d_h[name].reshape(-1)[j]
-        grads[name][j] = total.detach()
+        grads[name][j] = total
     grads = {k: g.view_as(base[k]) for k, g in grads.items()}
-    return grads, outer.detach(), final_p, final_state
+    return grads, loss, aux, tuple(all_iterates), traj.opt_states
 
 
-def _unroll_higher(inner_loss, outer_loss, params, hparams, opt, state, steps):
+def _unroll_higher(inner, outer, prefix, hparams, opt, steps):
     import higher  # imported here: only this backend needs it
 
-    hyper = opt.hyperparams
-    kind = hyper.get("name")
-    if kind not in ("adam", "sgd"):
+    iterates0, states0 = prefix
+    p_start, s_start = iterates0[-1], states0[-1]
+    h = {k: v.detach().requires_grad_() for k, v in hparams.items()}
+    o = _resolve_opt(opt, h)
+    if o.torch_equivalent is None:
         raise ValueError(
-            f"backend='higher' supports only metaconstraint.optim.adam and sgd, got an optimizer named {kind!r}; "
-            "use backend='func' or 'jvp'"
+            "backend='higher' needs an optimizer with a torch.optim equivalent (metaconstraint.optim.adam or sgd); "
+            "this chain has none: use backend='func' or 'jvp'"
         )
-    names = list(params)
+    te = o.torch_equivalent
+    names = list(p_start)
     holder = _ParamHolder()  # parameter names p0, p1, ...: dict keys may contain '.'
     torch_params = []
     for i, n in enumerate(names):
-        param = torch.nn.Parameter(params[n].detach().clone())
+        param = torch.nn.Parameter(p_start[n].detach().clone())
         holder.register_parameter(f"p{i}", param)
         torch_params.append(param)
-    lr = hyper["lr"]
-    count0 = int(state["count"])
-
-    def lr_at(count: int) -> float:
-        return float(lr(count)) if callable(lr) else float(lr)
-
-    if kind == "adam":
-        b1, b2 = hyper["betas"]
-        topt = torch.optim.Adam(
-            torch_params, lr=lr_at(count0), betas=(b1, b2), eps=hyper["eps"], weight_decay=hyper["weight_decay"]
-        )
-        for i, n in enumerate(names):
-            topt.state[torch_params[i]] = {
-                "step": count0,
-                "exp_avg": state["mu"][n].detach().clone(),
-                "exp_avg_sq": state["nu"][n].detach().clone(),
-            }
-    else:
-        momentum = hyper["momentum"]
-        topt = torch.optim.SGD(torch_params, lr=lr_at(count0), momentum=momentum, weight_decay=hyper["weight_decay"])
-        if momentum and count0 > 0:
-            for i, n in enumerate(names):
-                topt.state[torch_params[i]] = {"momentum_buffer": state["trace"][n].detach().clone()}
-
-    def no_missing(all_grads):
-        for n, g in zip(names, all_grads):
-            if g is None:
-                raise ValueError(f"inner_loss does not depend on parameter '{n}' (no gradient); drop it from params")
-        return all_grads
-
-    with higher.innerloop_ctx(holder, topt, copy_initial_weights=False) as (fmodel, diffopt):
+    count0 = _chain_count(s_start)
+    topt = te.build(torch_params, names, s_start)
+    iterates, states = list(iterates0), list(states0)
+    with torch.enable_grad(), higher.innerloop_ctx(holder, topt, copy_initial_weights=False) as (fmodel, diffopt):
         for i in range(steps):
             fast = dict(zip(names, fmodel.fast_params))
-            loss = _scalar(inner_loss(fast, hparams), "inner_loss")
-            if not loss.requires_grad:
-                raise ValueError("inner_loss has no autograd graph: it does not depend on the params it was given")
-            override: dict[str, list] = {"lr": [lr_at(count0 + i)]}
-            if kind == "adam":
-                # higher adds eps to sqrt(v), torch/optim add it to sqrt(v_hat): rescale to match.
-                override["eps"] = [hyper["eps"] * math.sqrt(1.0 - b2 ** (count0 + i + 1))]
-            diffopt.step(loss, override=override, grad_callback=no_missing)
-        fast = dict(zip(names, fmodel.fast_params))
-        outer = _scalar(outer_loss(fast, hparams), "outer_loss")
-        grads = _grads_to_hparams(outer, hparams, f"in the {steps} differentiated step(s)")
-        final_state: State = {"count": count0 + steps}
-        if kind == "adam":
-            final_state["mu"] = {n: diffopt.state[0][i]["exp_avg"].detach() for i, n in enumerate(names)}
-            final_state["nu"] = {n: diffopt.state[0][i]["exp_avg_sq"].detach() for i, n in enumerate(names)}
-        elif "trace" in state:
-            final_state["trace"] = {n: diffopt.state[0][i]["momentum_buffer"].detach() for i, n in enumerate(names)}
-    return grads, outer, fast, final_state
+            loss = _loss_of(inner(fast, h))
+            diffopt.step(loss, override=te.overrides(count0 + i), grad_callback=_zeros_for_unused(fast, names))
+            iterates.append(dict(zip(names, fmodel.fast_params)))
+            states.append(te.read_state([diffopt.state[0][k] for k in range(len(names))], names, count0 + i + 1))
+        traj = _trajectory(inner, iterates, states, h)
+        loss, aux = _outer_value(outer(traj, h))
+        gs = torch.autograd.grad(loss, list(h.values()), allow_unused=True) if loss.requires_grad else [None] * len(h)
+        if all(g is None for g in gs):
+            raise _no_path_error(f"in the {steps} differentiated step(s)")
+    grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(h.items(), gs)}
+    return grads, loss, aux, tuple(iterates), tuple(states)
+
+
+def _zeros_for_unused(fast: Params, names: list[str]):
+    def callback(all_grads):
+        return [torch.zeros_like(fast[n]) if g is None else g for n, g in zip(names, all_grads)]
+
+    return callback
+
+
+def _chain_count(state: State) -> int:
+    leaves, _ = tree_flatten(state)
+    ints = [x for x in leaves if isinstance(x, int)]
+    return max(ints) if ints else 0
 
 
 class _ParamHolder(torch.nn.Module):
@@ -555,11 +449,11 @@ _UNROLLERS = {"func": _unroll_func, "higher": _unroll_higher, "jvp": _unroll_jvp
 
 
 def unrolled(
-    inner_loss: LossFn,
-    outer_loss: LossFn,
+    inner_loss: InnerFn,
+    outer_loss: OuterFn,
     params: Mapping[str, Tensor],
     hparams: Mapping[str, Tensor],
-    opt: GradientTransformation,
+    opt: OptLike,
     steps: int = 1,
     opt_state: Optional[State] = None,
     backend: str = "func",
@@ -567,27 +461,26 @@ def unrolled(
 ) -> Hypergrad:
     """Hypergradient through ``steps`` inner optimizer steps.
 
-    Runs ``params_{i+1} = params_i + opt.update(grad inner_loss(params_i, hparams))`` for
-    ``steps`` steps and returns ``d outer_loss(params_steps, hparams) / d hparams``.
+    Runs ``params_{i+1} = step(inner_loss(., hparams), params_i)`` for ``steps`` steps and
+    returns ``d outer_loss(trajectory, hparams) / d hparams``.
 
     Args:
-        inner_loss, outer_loss: ``(params, hparams) -> scalar Tensor``.
+        inner_loss: ``(params, hparams) -> scalar Tensor`` or an object with ``.loss``.
+        outer_loss: ``(trajectory, hparams) -> scalar Tensor`` or ``(scalar, aux)``; read
+            ``trajectory.params[-1]`` for the final params, ``trajectory.outputs[i]`` for
+            the inner objective at iterate ``i`` (hparams held constant there).
         params: initial inner params (treated as constants).
         hparams: hyper-parameters to differentiate (floating tensors of any shape).
-        opt: a :class:`metaconstraint.optim.GradientTransformation` (``adam``, ``sgd``, ...).
+        opt: a :class:`~metaconstraint.optim.GradientTransformation`, or a function of the
+            hparams returning one (to differentiate its lr, betas, weight decay).
         steps: number of inner steps ``k >= 1``.
         opt_state: optimizer state to start from (default ``opt.init(params)``).
         backend: ``"func"``, ``"higher"`` or ``"jvp"`` (see the module docstring).
         truncate: differentiate only through the last ``t`` steps (``1 <= t <= k``); the
-            first ``k - t`` steps run without graph, so their effect is first-order only.
-
-    Returns:
-        :class:`Hypergrad` with the gradients, ``.outer``, ``.params`` and ``.opt_state``.
+            first ``k - t`` steps run with the hparams held constant.
     """
     if backend not in _UNROLLERS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
-    if not isinstance(opt, GradientTransformation):
-        raise TypeError(f"opt must be a metaconstraint.optim.GradientTransformation, got {type(opt).__name__}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if truncate is None:
@@ -596,38 +489,32 @@ def unrolled(
         raise ValueError(f"truncate must be an int in [1, steps={steps}], got {truncate!r}")
     _check_tensor_dict(params, "params")
     _check_tensor_dict(hparams, "hparams")
-    params = {k: v.detach() for k, v in params.items()}
-    state = opt.init(params) if opt_state is None else opt_state
-    _check_opt_state(state, params)
-    state = detach_state(state)
-    with torch.enable_grad():
-        params, state = _plain_steps(inner_loss, params, hparams, opt, state, steps - truncate)
-        hp = _leaves(hparams)
-        grads, outer, final_p, final_state = _UNROLLERS[backend](
-            inner_loss, outer_loss, params, hp, opt, state, truncate
-        )
-    info = {"backend": backend, "steps": steps, "truncate": truncate, "optimizer": opt.hyperparams.get("name")}
-    return Hypergrad(grads, outer, final_p, final_state, info)
+    params = _detached(dict(params))
+    hparams = _detached(dict(hparams))
+    o = _resolve_opt(opt, hparams)
+    expected = o.init(params)
+    state = expected if opt_state is None else _detached(opt_state)
+    check_state(expected, state)
+    prefix = _plain_steps(inner_loss, params, hparams, opt, state, steps - truncate)
+    grads, loss, aux, iterates, states = _UNROLLERS[backend](inner_loss, outer_loss, prefix, hparams, opt, truncate)
+    info = {"backend": backend, "steps": steps, "truncate": truncate}
+    return Hypergrad(_detached(grads), loss.detach(), _detached(aux), _detached(iterates), _detached(states), info)
 
 
 # ----------------------------------------------------------------------------- implicit
 
 
-def _flat(tensors: list[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
+def _tree_dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
+    return sum((a[k] * b[k]).sum() for k in a)
 
 
-def _unflat(vec: Tensor, like: list[Tensor]) -> list[Tensor]:
-    out, i = [], 0
-    for t in like:
-        out.append(vec[i : i + t.numel()].view_as(t))
-        i += t.numel()
-    return out
+def _tree_axpy(alpha: Any, x: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Params:
+    return {k: alpha * x[k] + y[k] for k in x}
 
 
 def implicit(
-    inner_loss: LossFn,
-    outer_loss: LossFn,
+    inner_loss: InnerFn,
+    outer_loss: OuterFn,
     params_at_optimum: Mapping[str, Tensor],
     hparams: Mapping[str, Tensor],
     method: str = "cg",
@@ -639,18 +526,20 @@ def implicit(
     """Implicit-function-theorem hypergradient at an inner optimum ``params*(hparams)``.
 
     ``d outer/d h = d_h outer - (d^2 inner / d h d params) (H + damping I)^{-1} d_params outer``
-    with ``H`` the Hessian of ``inner_loss`` w.r.t. the params at ``params_at_optimum``,
-    solved with Hessian-vector products only.
+    with ``H`` the Hessian of the inner loss at ``params_at_optimum``, from Hessian-vector
+    products only. ``outer_loss`` gets the trajectory ``(params*, params*(h))`` (see
+    :class:`Trajectory`), so an outer objective written for :func:`unrolled` works here too.
 
     Args:
         method: ``"cg"`` (conjugate gradient, needs ``H + damping I`` positive definite;
             stops after ``iters`` Hessian-vector products or at relative residual ``tol``)
             or ``"neumann"`` (``lr * sum_{j<=iters} (I - lr (H + damping I))^j``; converges
-            when ``0 < lr < 2 / lambda_max``).
+            when ``0 < lr < 2 / lambda_max``; a fixed number of products, no host sync in
+            the loop, so it also runs under ``torch.func.vmap`` when its checks pass).
         damping: Tikhonov term added to ``H``.
         lr: Neumann step size (unused by CG).
 
-    The result is exact only at a stationary point of ``inner_loss``; ``info`` reports the
+    The result is exact only at a stationary point of the inner loss; ``info`` reports the
     inner gradient norm there and the relative residual of the linear solve.
     """
     if method not in METHODS:
@@ -663,98 +552,80 @@ def implicit(
         raise ValueError(f"neumann needs lr > 0, got {lr}")
     _check_tensor_dict(params_at_optimum, "params_at_optimum")
     _check_tensor_dict(hparams, "hparams")
-    with torch.enable_grad():
-        p = _leaves(params_at_optimum)
-        hp = _leaves(hparams)
-        pnames, hnames = list(p), list(hp)
-        plist, hlist = [p[n] for n in pnames], [hp[n] for n in hnames]
-
-        outer = _scalar(outer_loss(p, hp), "outer_loss")
-        if outer.requires_grad:
-            d_outer = torch.autograd.grad(outer, plist + hlist, allow_unused=True)
-        else:
-            d_outer = (None,) * (len(plist) + len(hlist))
-        d_outer_p = [torch.zeros_like(t) if g is None else g for t, g in zip(plist, d_outer[: len(plist)])]
-        d_outer_h = d_outer[len(plist) :]
-
-        g_inner = _inner_grads(inner_loss, p, hp, create_graph=True)
-        g_list = [g_inner[n] for n in pnames]
-        b = _flat(d_outer_p).detach()
-
-        curved = [i for i, g in enumerate(g_list) if g.requires_grad]  # the others have zero Hessian rows
-
-        def matvec(vec: Tensor) -> Tensor:
-            if not curved:
-                return damping * vec
-            pieces = _unflat(vec, plist)
-            hv = torch.autograd.grad(
-                [g_list[i] for i in curved], plist, grad_outputs=[pieces[i] for i in curved],
-                retain_graph=True, allow_unused=True,
-            )
-            hv_flat = _flat([torch.zeros_like(t) if h is None else h for t, h in zip(plist, hv)]).detach()
-            return hv_flat + damping * vec
-
-        b_norm = float(b.norm())
-        if method == "cg":
-            v, used = _conjugate_gradient(matvec, b, iters, tol)
-        else:
-            v, used = _neumann(matvec, b, iters, lr)
-        residual = float((matvec(v) - b).norm()) / max(b_norm, 1e-30) if b_norm > 0 else 0.0
-
-        if curved:
-            pieces = _unflat(v, plist)
-            mixed = torch.autograd.grad(
-                [g_list[i] for i in curved], hlist, grad_outputs=[pieces[i] for i in curved], allow_unused=True
-            )
-        else:
-            mixed = (None,) * len(hlist)
-        grads: Params = {}
-        for n, direct, mix in zip(hnames, d_outer_h, mixed):
-            if direct is None and mix is None:
-                raise _no_path_error(n, "at params_at_optimum")
-            total = torch.zeros_like(hp[n]) if direct is None else direct.clone()
-            if mix is not None:
-                total = total - mix
-            grads[n] = total
-        inner_grad_norm = float(_flat([g.detach() for g in g_list]).norm())
-    info = {"method": method, "iters": used, "residual": residual, "inner_grad_norm": inner_grad_norm}
-    return Hypergrad(grads, outer, p, None, info)
+    p_star = _detached(dict(params_at_optimum))
+    h0 = _detached(dict(hparams))
+    sol = _implicit_solve(inner_loss, outer_loss, p_star, h0, method, iters, damping, lr, tol)
+    grads, loss, aux, used, residual, inner_grad_norm = sol
+    if method == "neumann" and not all(torch.isfinite(g).all() for g in grads.values()):
+        raise ValueError(f"implicit(method='neumann') diverged: lr={lr} is too large for the inner Hessian")
+    info = {"method": method, "iters": used, "residual": float(residual), "inner_grad_norm": float(inner_grad_norm)}
+    return Hypergrad(_detached(grads), loss.detach(), _detached(aux), (p_star, p_star), (None, None), info)
 
 
-def _conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float) -> tuple[Tensor, int]:
-    x = torch.zeros_like(b)
-    r = b.clone()
-    d = r.clone()
-    rs = float(r @ r)
-    stop = (tol * float(b.norm())) ** 2
+def _implicit_solve(inner, outer, p_star, h0, method, iters, damping, lr, tol):
+    """The implicit hypergradient as pure ``torch.func`` code (CG adds host-side stopping)."""
+    _quiet_forward_ad_setup()
+    def outer_at(q: Params, h: Params):
+        loss, aux = _outer_value(outer(_trajectory(inner, (p_star, q), (None, None), h), h))
+        return loss, (loss, carry.pack(aux))
+
+    carry = _Carry()
+    (d_p, d_h), (loss, packed) = grad(outer_at, argnums=(0, 1), has_aux=True)(p_star, h0)
+    aux = carry.unpack(packed)
+
+    def inner_grad(q: Params, h: Params) -> Params:
+        return grad(lambda q_: _loss_of(inner(q_, h)))(q)
+
+    def matvec(v: Params) -> Params:
+        _, hv = jvp(lambda q: inner_grad(q, h0), (p_star,), (v,))
+        return _tree_axpy(damping, v, hv)
+
+    if method == "cg":
+        v, used = _conjugate_gradient(matvec, d_p, iters, tol)
+    else:
+        v, used = _neumann(matvec, d_p, iters, lr)
+    b_norm = torch.sqrt(_tree_dot(d_p, d_p))
+    r = _tree_axpy(-1.0, d_p, matvec(v))
+    residual = torch.where(b_norm > 0, torch.sqrt(_tree_dot(r, r)) / b_norm.clamp_min(1e-30), torch.zeros_like(b_norm))
+    mixed = grad(lambda h: _tree_dot(inner_grad(p_star, h), _detached(v)))(h0)
+    grads = {k: d_h[k] - mixed[k] for k in h0}
+    g0 = inner_grad(p_star, h0)
+    inner_grad_norm = torch.sqrt(_tree_dot(g0, g0))
+    return grads, loss, aux, used, residual, inner_grad_norm
+
+
+def _conjugate_gradient(matvec: Callable[[Params], Params], b: Params, iters: int, tol: float) -> tuple[Params, int]:
+    x = {k: torch.zeros_like(v) for k, v in b.items()}
+    r = dict(b)
+    d = dict(r)
+    rs = float(_tree_dot(r, r))
+    stop = (tol * math.sqrt(rs)) ** 2
     used = 0
     while used < iters and rs > stop:
         ad = matvec(d)
-        curvature = float(d @ ad)
+        curvature = float(_tree_dot(d, ad))
         if curvature <= 0:
             raise ValueError(
                 f"implicit(method='cg'): the inner Hessian plus damping is not positive definite "
                 f"(d^T (H + damping I) d = {curvature:.3g} at CG iteration {used}); "
                 "increase damping, check that params_at_optimum is a minimum, or use method='neumann'"
             )
-        step = rs / curvature
-        x = x + step * d
-        r = r - step * ad
-        rs_new = float(r @ r)
-        d = r + (rs_new / rs) * d
+        a = rs / curvature
+        x = _tree_axpy(a, d, x)
+        r = _tree_axpy(-a, ad, r)
+        rs_new = float(_tree_dot(r, r))
+        d = _tree_axpy(rs_new / rs, d, r)
         rs = rs_new
         used += 1
     return x, used
 
 
-def _neumann(matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, lr: float) -> tuple[Tensor, int]:
-    term = lr * b
-    total = term.clone()
+def _neumann(matvec: Callable[[Params], Params], b: Params, iters: int, lr: float) -> tuple[Params, int]:
+    term = {k: lr * v for k, v in b.items()}
+    total = dict(term)
     for _ in range(iters):
-        term = term - lr * matvec(term)
-        total = total + term
-    if not torch.isfinite(total).all():
-        raise ValueError(f"implicit(method='neumann') diverged: lr={lr} is too large for the inner Hessian")
+        term = _tree_axpy(-lr, matvec(term), term)
+        total = {k: total[k] + term[k] for k in total}
     return total, iters
 
 
@@ -765,9 +636,9 @@ def check(hg_fn: Callable[[dict[str, Tensor]], Any], hparams: Mapping[str, Tenso
     """Compare a hypergradient with central finite differences of its outer loss, in float64.
 
     ``hg_fn(hparams)`` must return a :class:`Hypergrad` (or any object with ``.outer`` and
-    mapping access ``obj[name]``) computed in float64. ``hparams`` are cast to float64; every
-    element ``i`` is perturbed by ``+-eps`` and ``fd_i = (outer(+) - outer(-)) / (2 eps)``
-    (``2 N + 1`` calls of ``hg_fn`` for ``N`` elements, so keep problems small).
+    ``.grads``) computed in float64. ``hparams`` are cast to float64; every element ``i`` is
+    perturbed by ``+-eps`` and ``fd_i = (outer(+) - outer(-)) / (2 eps)`` (``2 N + 1`` calls
+    of ``hg_fn`` for ``N`` elements, so keep problems small).
 
     Returns:
         ``||analytic - fd||_inf / max(||fd||_inf, 1e-12)``, the infinity norms taken over
@@ -791,7 +662,7 @@ def check(hg_fn: Callable[[dict[str, Tensor]], Any], hparams: Mapping[str, Tenso
 
     res = hg_fn({k: v.clone() for k, v in base.items()})
     outer_value(res)
-    analytic_tree = {k: res[k] for k in base}
+    analytic_tree = {k: res.grads[k] for k in base}
     check_tree(base, analytic_tree, "check: hg_fn result")
     analytic, fd = [], []
     for name, value in base.items():
@@ -809,3 +680,4 @@ def check(hg_fn: Callable[[dict[str, Tensor]], Any], hparams: Mapping[str, Tenso
     a = torch.cat(analytic)
     f = torch.tensor(fd, dtype=torch.float64)
     return float((a - f).abs().max() / max(float(f.abs().max()), 1e-12))
+

@@ -166,7 +166,8 @@ def test_adam_state_round_trips_through_torch_save(tmp_path):
     _, state = opt.update({"w": torch.randn(3)}, opt.init(params), params)
     torch.save(state, tmp_path / "s.pt")
     back = torch.load(tmp_path / "s.pt", weights_only=True)
-    assert back["count"] == 1 and torch.equal(back["nu"]["w"], state["nu"]["w"])
+    assert back[1]["count"] == 1 and torch.equal(back[1]["nu"]["w"], state[1]["nu"]["w"])
+    optim.check_state(opt.init(params), back)
 
 
 def _first_step_hypergrad(eps_root: float) -> torch.Tensor:

@@ -132,7 +132,6 @@ class A2PR(TD3BC):
         with torch.no_grad():
             v = self.value(obs)
             q_data = self.critic.q1(obs, act)
-        stats: dict[str, Tensor] = {}
 
         def objective(params: Mapping[str, Tensor], alpha: Tensor) -> Terms:
             pi = functional_call(self.actor, params, (obs,))
@@ -142,19 +141,13 @@ class A2PR(TD3BC):
                 use_hat = (q_hat - v) >= (q_data - v)
                 target = torch.where(use_hat.unsqueeze(1), a_hat, act)
                 weight = eta * ((q_hat >= v).to(pi.dtype) + (q_data > v).to(pi.dtype))
-                stats.setdefault("vae_target_frac", use_hat.to(pi.dtype).mean())
             q = self.critic.q1(obs, pi)
             lam = alpha / q.abs().mean().detach()
             bc = weight * (pi - target).pow(2).mean(dim=1)
-            return Terms(loss=-lam * q.mean() + bc.mean(), value=q.mean(), constraint=bc)
+            aux = {"vae_target_frac": use_hat.to(pi.dtype).mean()}
+            return Terms(loss=-lam * q.mean() + bc.mean(), value=q.mean(), constraint=bc, aux=aux)
 
-        self._objective_stats = stats
         return objective
-
-    def _actor_step(self, batch: Batch) -> dict[str, Tensor]:
-        logs = super()._actor_step(batch)
-        logs.update(self._objective_stats)
-        return logs
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -29,6 +29,8 @@ class ASPCConfig(TD3BCConfig):
     terms: str = "L1+L2+L3"  # outer loss ablation: L1 | L1+L2 | L1+L3 | L1+L2+L3
     delta_q: str = "ema"  # "ema" (reference implementation) or "step" (paper text)
     ema_decay: float = 0.995
+    horizon: int = 1  # actor steps alpha's hypergradient looks through (1: the paper's)
+    method: str = "unrolled"  # "unrolled" or "implicit" (Neumann series at the current actor)
 
 
 class ASPC(TD3BC):
@@ -49,6 +51,8 @@ class ASPC(TD3BC):
                 delta_q=c.delta_q,
                 ema_decay=c.ema_decay,
                 lr_decay_to=c.alpha_lr_decay_to,
+                horizon=c.horizon,
+                method=c.method,
             ),
             planned_inner_steps=c.planned_steps // c.policy_freq,
             device=self.device,

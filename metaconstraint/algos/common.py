@@ -34,10 +34,9 @@ def check_algo(state: dict[str, Any], name: str) -> None:
         raise ValueError(f"checkpoint is for algorithm '{state.get('algo')}', not '{name}'")
 
 
-def load_opt_state(current: dict, saved: dict, what: str) -> dict:
-    """A functional optimizer state from a checkpoint, checked against the parameters' keys and shapes."""
-    optim.check_tree(current["mu"], saved["mu"], what)
-    return saved
+def load_opt_state(opt: optim.GradientTransformation, module: nn.Module, saved: Any) -> Any:
+    """A functional optimizer state from a checkpoint (older formats upgraded), checked against ``module``."""
+    return optim.upgrade_legacy_state(opt, dict(module.named_parameters()), saved)
 
 
 # the D4RL AntMaze datasets (keys of per-dataset presets, as metaconstraint.config.dataset_key spells them)
@@ -63,6 +62,8 @@ class CoefficientSettings:
     terms: str = "L1+L2+L3"  # outer loss: L1 | L1+L2 | L1+L3 | L1+L2+L3
     delta_q: str = "ema"  # "ema" (reference code) or "step" (paper text)
     ema_decay: float = 0.995
+    horizon: int = 1  # inner steps the coefficient's hypergradient looks through
+    method: str = "unrolled"  # "unrolled" or "implicit"
 
 
 def adaptive_constraint_from(
@@ -78,6 +79,8 @@ def adaptive_constraint_from(
             delta_q=config.delta_q,
             ema_decay=config.ema_decay,
             lr_decay_to=config.coef_lr_decay_to,
+            horizon=config.horizon,
+            method=config.method,
         ),
         planned_inner_steps=max(1, planned_inner_steps),
         device=device,

@@ -237,7 +237,6 @@ class CQL:
         n = c.num_samples
         obs_rep = obs.unsqueeze(1).expand(-1, samples.actions.shape[1], -1)
         alpha_prime = self.alpha_prime() if c.lagrange else None
-        stats: dict[str, Tensor] = {}
 
         def objective(params: Mapping[str, Tensor], alpha_cql: Tensor) -> Terms:
             q1, q2 = functional_call(self.critic, params, (obs, act))
@@ -251,12 +250,10 @@ class CQL:
                 conservative = alpha_cql * (gaps[0].mean() + gaps[1].mean())
             else:
                 conservative = sum(alpha_prime * (alpha_cql * g.mean() - c.target_action_gap) for g in gaps)
-            stats.setdefault("td_loss", td.detach())
-            stats.setdefault("gap_means", torch.stack([g.mean() for g in gaps]).detach())
             value = 0.5 * (s1[:, n : 2 * n].mean() + s2[:, n : 2 * n].mean())
-            return Terms(loss=td + conservative, value=value, constraint=0.5 * (gaps[0] + gaps[1]))
+            aux = {"td_loss": td, "gap_mean_1": gaps[0].mean(), "gap_mean_2": gaps[1].mean()}
+            return Terms(loss=td + conservative, value=value, constraint=0.5 * (gaps[0] + gaps[1]), aux=aux)
 
-        self._objective_stats = stats
         return objective
 
     def _critic_step(self, batch: Batch) -> dict[str, Tensor]:
@@ -266,20 +263,20 @@ class CQL:
             self.constraint, objective, self.critic, self.critic_opt, self.critic_opt_state
         )
         _check_finite("critic loss", logs["loss"], self.num_updates, batch)
-        stats = self._objective_stats
+        gap_means = torch.stack([logs.pop("gap_mean_1"), logs.pop("gap_mean_2")])
         out = {
             "critic_loss": logs.pop("loss"),
             "q_mean": logs.pop("value"),
             "cql_gap": logs.pop("constraint"),
             self.coefficient_name: logs.pop("coef"),
-            "td_loss": stats["td_loss"],
+            "td_loss": logs.pop("td_loss"),
             "alpha_prime": self.alpha_prime() if c.lagrange else torch.zeros((), device=self.device, dtype=self.dtype),
         }
         out.update(logs)
         if c.lagrange:
             coef = self.constraint.value().detach()
             alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
-            prime_loss = -0.5 * (alpha_prime * (coef * stats["gap_means"] - c.target_action_gap)).sum()
+            prime_loss = -0.5 * (alpha_prime * (coef * gap_means - c.target_action_gap)).sum()
             self.alpha_prime_opt.zero_grad(set_to_none=True)
             prime_loss.backward()
             self.alpha_prime_opt.step()
@@ -313,9 +310,7 @@ class CQL:
         check_algo(state, self.name)
         for k in ("actor", "critic", "critic_target", "actor_opt", "entropy_opt", "alpha_prime_opt"):
             getattr(self, k).load_state_dict(state[k])
-        self.critic_opt_state = load_opt_state(
-            self.critic_opt_state, state["critic_opt_state"], "checkpoint critic_opt_state"
-        )
+        self.critic_opt_state = load_opt_state(self.critic_opt, self.critic, state["critic_opt_state"])
         with torch.no_grad():
             self.log_entropy_alpha.copy_(state["log_entropy_alpha"])
             self.log_alpha_prime.copy_(state["log_alpha_prime"])

@@ -149,8 +149,8 @@ class IQL:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=c.value_lr)
-        lr = cosine_decay(c.actor_lr, c.planned_steps) if c.actor_lr_schedule == "cosine" else c.actor_lr
-        self.actor_opt = optim.adam(lr=lr)
+        self.actor_lr = cosine_decay(c.actor_lr, c.planned_steps) if c.actor_lr_schedule == "cosine" else c.actor_lr
+        self.actor_opt = optim.adam(lr=self.actor_lr)
         self.actor_opt_state = self.actor_opt.init(dict(self.actor.named_parameters()))
         self.constraint = self._make_constraint()
         self.rng = torch.Generator(device=self.device)  # IQL draws nothing; kept for a uniform checkpoint
@@ -263,9 +263,7 @@ class IQL:
         check_algo(state, self.name)
         for k in ("actor", "critic", "critic_target", "value", "critic_opt", "value_opt"):
             getattr(self, k).load_state_dict(state[k])
-        self.actor_opt_state = load_opt_state(
-            self.actor_opt_state, state["actor_opt_state"], "checkpoint actor_opt_state"
-        )
+        self.actor_opt_state = load_opt_state(self.actor_opt, self.actor, state["actor_opt_state"])
         self.constraint.load_state_dict(state["constraint"])
         self.num_updates = int(state["num_updates"])
         self.rng.set_state(state["rng"])

@@ -229,8 +229,7 @@ class TD3BC:
         self.critic.load_state_dict(state["critic"])
         self.critic_target.load_state_dict(state["critic_target"])
         self.critic_opt.load_state_dict(state["critic_opt"])
-        optim.check_tree(self.actor_opt_state["mu"], state["actor_opt_state"]["mu"], "checkpoint actor_opt_state")
-        self.actor_opt_state = state["actor_opt_state"]
+        self.actor_opt_state = optim.upgrade_legacy_state(self.actor_opt, self._actor_params(), state["actor_opt_state"])
         self.constraint.load_state_dict(state["constraint"])
         self.num_updates = int(state["num_updates"])
         self.rng.set_state(state["rng"])

@@ -3,24 +3,41 @@
 Wrap any loss of the form ``coef * L_RL + L_constraint`` (or ``L_RL + coef * L_constraint``):
 write ``objective(params, coef) -> Terms(loss, value, constraint)`` for one batch and call
 ``AdaptiveConstraint(config).step(objective, params, opt, opt_state)`` instead of an
-ordinary optimizer step. See :mod:`metaconstraint.constraint.bilevel`.
+ordinary optimizer step. The coefficient's hypergradient comes from
+:mod:`metaconstraint.hypergrad` (``horizon``, ``method``, ``outer``); see
+:mod:`metaconstraint.constraint.bilevel`.
 """
 
 from .bilevel import (
     DELTA_Q,
+    METHODS,
     TERM_SETS,
     AdaptiveConstraint,
     AdaptiveConstraintConfig,
+    ASPCOuter,
+    CoefficientState,
     FixedConstraint,
+    FunctionOuter,
     Objective,
+    OuterObjective,
+    OuterValue,
     StepResult,
     Terms,
     first_order_step,
     parse_terms,
+    terms_logs,
 )
-from .coefficient import AdaptiveCoefficient, FixedCoefficient, inverse_softplus
+from .coefficient import AdaptiveCoefficient, FixedCoefficient, check_hypergradient, inverse_softplus
 
 __all__ = [
+    "ASPCOuter",
+    "CoefficientState",
+    "FunctionOuter",
+    "METHODS",
+    "OuterObjective",
+    "OuterValue",
+    "check_hypergradient",
+    "terms_logs",
     "AdaptiveCoefficient",
     "AdaptiveConstraint",
     "AdaptiveConstraintConfig",

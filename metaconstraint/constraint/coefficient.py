@@ -39,6 +39,15 @@ def inverse_softplus(x: float) -> float:
     return x + math.log(-math.expm1(-x))  # = log(exp(x) - 1), stable for large x
 
 
+def check_hypergradient(grad_rho: Tensor, coef: Tensor) -> None:
+    """Refuse a non-finite hypergradient with a message saying what it means (one host sync)."""
+    if not torch.isfinite(grad_rho).all():
+        raise FloatingPointError(
+            f"the coefficient's hypergradient is {grad_rho.item()} (coefficient {float(coef):.4g}): "
+            "a loss, Q value or batch entry became NaN/Inf upstream; the coefficient was not updated"
+        )
+
+
 class AdaptiveCoefficient:
     """``coef = softplus(rho)``, trained by functional Adam with an exponentially decaying lr.
 
@@ -66,7 +75,8 @@ class AdaptiveCoefficient:
             raise ValueError(f"planned_updates must be >= 1, got {planned_updates}")
         gamma = 1.0 if planned_updates is None else lr_decay_to ** (1.0 / planned_updates)
         self.gamma = gamma
-        self.opt = optim.adam(lr=optim.exponential_decay(lr, gamma), betas=betas, eps_root=0.0)
+        self.schedule = optim.exponential_decay(lr, gamma)
+        self.opt = optim.adam(lr=self.schedule, betas=betas, eps_root=0.0)
         self.rho = torch.tensor(inverse_softplus(init), device=device, dtype=dtype, requires_grad=True)
         self.opt_state = self.opt.init({"rho": self.rho})
 
@@ -74,21 +84,30 @@ class AdaptiveCoefficient:
         """The coefficient as a function of ``rho`` (carries the graph to ``rho``)."""
         return F.softplus(self.rho)
 
-    def apply_gradient(self, grad_rho: Tensor) -> None:
-        """One optimizer step on ``rho`` given d(outer loss)/d(rho)."""
-        if not torch.isfinite(grad_rho).all():
-            raise FloatingPointError(
-                f"the coefficient's hypergradient is {grad_rho.item()} (coefficient {self.value().item():.4g}): "
-                "a loss, Q value or batch entry became NaN/Inf upstream; the coefficient was not updated"
-            )
-        updates, self.opt_state = self.opt.update({"rho": grad_rho}, self.opt_state, {"rho": self.rho})
+    def update(self, grad_rho: Tensor, rho: Tensor, opt_state: Any) -> tuple[Tensor, Any]:
+        """One Adam step on ``rho`` given d(outer loss)/d(rho), as a pure function: ``(rho, opt_state)``."""
+        updates, opt_state = self.opt.update({"rho": grad_rho}, opt_state, {"rho": rho})
+        return rho.detach() + updates["rho"], opt_state
+
+    def load_rho_and_state(self, rho: Tensor, opt_state: Any) -> None:
         with torch.no_grad():
-            self.rho.add_(updates["rho"])
+            self.rho.copy_(rho)
+        self.opt_state = optim.detach_state(opt_state)
+
+    def apply_gradient(self, grad_rho: Tensor) -> None:
+        """One optimizer step on ``rho`` given d(outer loss)/d(rho); refuses a non-finite one."""
+        check_hypergradient(grad_rho, self.value())
+        self.load_rho_and_state(*self.update(grad_rho, self.rho.detach(), self.opt_state))
+
+    @property
+    def num_updates(self) -> int:
+        """Coefficient updates done so far."""
+        return int(self.opt_state[-1]["count"])
 
     @property
     def lr(self) -> float:
         """The learning rate the next update will use."""
-        return self.opt.hyperparams["lr"](self.opt_state["count"])
+        return self.schedule(self.num_updates)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rho": self.rho.detach().clone(), "opt_state": optim.detach_state(self.opt_state), "gamma": self.gamma}
@@ -101,4 +120,4 @@ class AdaptiveCoefficient:
             )
         with torch.no_grad():
             self.rho.copy_(state["rho"])
-        self.opt_state = state["opt_state"]
+        self.opt_state = optim.upgrade_legacy_state(self.opt, {"rho": self.rho}, state["opt_state"])
