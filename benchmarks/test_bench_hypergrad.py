@@ -198,7 +198,7 @@ def _method(prob: Problem, method: str, steps: int, value: dict[str, torch.Tenso
 CASES = (
     [("first_order", s) for s in STEPS]
     + [(b, s) for b in UNROLLED for s in STEPS]
-    + [("aspc_step", s) for s in STEPS]
+    + [("aspc_step", s) for s in (*STEPS, 10)]
     + [("affine_step", 1), ("implicit_cg", IMPLICIT_ITERS), ("implicit_neumann", IMPLICIT_ITERS)]
 )
 

@@ -237,20 +237,40 @@ def step(
 ) -> Step:
     """One optimizer step on ``loss_fn(params)`` (a scalar, or an object with ``.loss``).
 
-    Pure: called plainly it is an ordinary step; called inside a ``torch.func`` transform
-    over something ``loss_fn`` uses (a coefficient, an hparam), the new params are a
-    differentiable function of it. A parameter ``loss_fn`` does not use gets a zero gradient.
+    Pure. Inside a ``torch.func`` transform over something ``loss_fn`` uses (a coefficient,
+    an hparam) the new params are a differentiable function of it. Outside any transform it
+    is an ordinary first-order step and returns tensors without a graph (the gradient then
+    comes from plain autograd: the same numbers, without the transform's per-op cost on the
+    training hot path). A parameter ``loss_fn`` does not use gets a zero gradient.
     """
+    if _transform_active():
 
-    def loss_and_output(p: Mapping[str, Tensor]) -> tuple[Tensor, Any]:
-        output = loss_fn(p)
-        return _loss_of(output), carry.pack(output)
+        def loss_and_output(p: Mapping[str, Tensor]) -> tuple[Tensor, Any]:
+            output = loss_fn(p)
+            return _loss_of(output), carry.pack(output)
 
-    carry = _Carry()
-    grads, packed = grad(loss_and_output, has_aux=True)(dict(params))
-    output = carry.unpack(packed)
+        carry = _Carry()
+        grads, packed = grad(loss_and_output, has_aux=True)(dict(params))
+        output = carry.unpack(packed)
+    else:
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+            output = loss_fn(leaves)
+            found = torch.autograd.grad(_loss_of(output), list(leaves.values()), allow_unused=True)
+        grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), found)}
+        output = _detached(output)
+        params = _detached(dict(params))
     updates, new_state = opt.update(grads, opt_state, params)
-    return Step(apply_updates(params, updates), new_state, output)
+    new_params = apply_updates(params, updates)
+    return Step(new_params, new_state, output)
+
+
+def _transform_active() -> bool:
+    """Whether a ``torch.func`` transform (grad, jvp, vmap) is running around this call."""
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:  # torch internals moved: the transform path is always correct
+        return True
 
 
 def _plain_steps(inner: InnerFn, params: Params, hparams: Params, opt: OptLike, state: State, n: int):

@@ -259,28 +259,7 @@ def test_coefficient_step_vmapped_over_three_seeds_equals_three_separate_ones():
     del out_leaves, out_spec
 
 
-# -- exact resume -----------------------------------------------------------------------------------
-
-
-def test_state_dict_resumes_exactly_with_a_longer_horizon():
-    gen = torch.Generator().manual_seed(1)
-    batches = [random_batch(gen) for _ in range(80)]
-    a = small("aspc", alpha_every=2, horizon=3)
-    for b in batches[:40]:
-        a.update(b)
-    buf = io.BytesIO()
-    torch.save(a.state_dict(), buf)
-    for b in batches[40:]:
-        a.update(b)
-    buf.seek(0)
-    b_agent = small("aspc", alpha_every=2, horizon=3, seed=123)
-    b_agent.load_state_dict(torch.load(buf, weights_only=True))
-    for b in batches[40:]:
-        b_agent.update(b)
-    for k, v in a.actor.state_dict().items():
-        assert torch.equal(v, b_agent.actor.state_dict()[k]), k
-    assert torch.equal(a.constraint.coefficient.rho, b_agent.constraint.coefficient.rho)
-    assert float(a.constraint.value()) != 2.5
+# -- checkpoints (exact resume with a horizon: tests/test_aspc.py) -----------------------------------
 
 
 def test_checkpoint_from_before_the_chain_optimizers_loads():

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import metaconstraint as mc
 from metaconstraint.batch import Batch
+
+from ..test_algorithms import ACT, MAX, OBS, tiny
 
 HERE = Path(__file__).resolve().parent
 UPDATES = 200
-OBS, ACT, MAX, BATCH = 3, 2, 1.5, 24
+BATCH = 24
 F64 = torch.float64
 
 # name -> (algorithm, config overrides). The adaptive ones update their coefficient every 5
@@ -39,15 +40,8 @@ CASES: dict[str, tuple[str, dict]] = {
 
 
 def tiny_agent(name: str, **overrides):
-    """16-wide networks in float64, seed 0, planned for the 200 updates."""
-    fields = set(mc.algos.ALGORITHMS[name].Config.__dataclass_fields__)
-    for f in ("actor_hidden", "value_hidden", "vae_hidden"):
-        if f in fields:
-            overrides.setdefault(f, (16, 16))
-    if "critic_width" in fields:
-        overrides.setdefault("critic_width", 16)
-    overrides.setdefault("planned_steps", UPDATES)
-    return mc.algos.make(name, OBS, ACT, max_action=MAX, dtype=F64, seed=0, **overrides)
+    """16-wide networks in float64, seed 0, planned for the 200 updates (obs 3, action 2, max 1.5)."""
+    return tiny(name, dtype=F64, seed=0, planned_steps=UPDATES, **overrides)
 
 
 def batches(n: int = UPDATES, seed: int = 0) -> list[Batch]:
