@@ -284,15 +284,18 @@ def _summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the train process gets SIGKILL when the worker that started it dies (else it would outlive
-    the worker and race the retried task for the run directory)."""
-    try:
-        import ctypes
+def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ray's worker blocks SIGINT and SIGTERM in its signal mask, which a child inherits: unblock them, so
+    that train checkpoints and stops on them. On Linux the train process also gets SIGKILL when the worker
+    that started it dies (else it would outlive the worker and race the retried task for the run directory)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _error_line(log: Path) -> str:
@@ -343,9 +346,10 @@ def run_one(run_dir: str, config: Mapping[str, Any], threads: int, env: Mapping[
             f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} on {host} (pid {os.getpid()}): {' '.join(cmd)}\n")
             f.flush()
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env, cwd=cwd,
-                                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                    preexec_fn=_child_setup)
             try:
-                code = proc.wait()
+                while (code := proc.poll()) is None:  # short waits: Ray's cancel (a KeyboardInterrupt) gets through
+                    time.sleep(0.2)
             except KeyboardInterrupt:  # the sweep was stopped (ray.cancel): let train checkpoint, then stop
                 proc.send_signal(signal.SIGINT)
                 proc.wait(timeout=600)
@@ -421,7 +425,8 @@ def _check_existing(runs: Sequence[PlannedRun]) -> None:
 def run_sweep(runs: Sequence[PlannedRun], *, address: str | None = None, cpus_per_run: float = 1.0,
               gpus_per_run: float = 0.0, max_parallel: int | None = None, retries: int = 3, plots: bool = False,
               echo: Any = print) -> dict[str, dict[str, Any]]:
-    """Bring every run to its end on Ray; returns each run's result by name (status finished, skipped or failed)."""
+    """Bring every run to its end on Ray; returns each run's result by name (status finished, skipped or failed;
+    after Ctrl-C also interrupted or not started)."""
     _check_existing(runs)
     results: dict[str, dict[str, Any]] = {}
     todo = []
@@ -474,7 +479,7 @@ def run_sweep(runs: Sequence[PlannedRun], *, address: str | None = None, cpus_pe
             while queue and (max_parallel is None or len(pending) < max_parallel):
                 r, _ = queue.pop(0)
                 pending[task.remote(str(r.run_dir.resolve()), r.config, threads, env, plots, cwd)] = r
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # short waits: Ctrl-C gets through
             for ref in ready:
                 r = pending.pop(ref)
                 try:
@@ -489,12 +494,15 @@ def run_sweep(runs: Sequence[PlannedRun], *, address: str | None = None, cpus_pe
                 else:
                     bar.write(line(f"  {res['status']:>8} {r.name}: {_describe(res)}"), file=sys.stdout)
                 bar.update(1)
-    except KeyboardInterrupt:
-        bar.write(f"stopping: {len(pending)} running run(s) checkpoint and stop; run the same sweep again to resume")
+    except KeyboardInterrupt:  # Ctrl-C: the running runs write a checkpoint and stop (train's own SIGINT handling)
+        bar.write("stopping: the running runs write a checkpoint and stop", file=sys.stdout)
         for ref in pending:
             ray.cancel(ref)
-        ray.wait(list(pending), num_returns=len(pending), timeout=120)
-        raise
+        ray.wait(list(pending), num_returns=len(pending), timeout=300)
+        for r in pending.values():
+            results[r.name] = {"status": "interrupted"}
+        for r, _ in queue:
+            results[r.name] = {"status": "not started"}
     finally:
         bar.close()
         if started:
@@ -524,6 +532,10 @@ def cli_sweep(args: argparse.Namespace) -> int:
         return 0
     results = run_sweep(runs, address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
                         max_parallel=args.max_parallel, retries=args.retries, plots=args.plots)
+    stopped = [n for n, res in results.items() if res["status"] in ("interrupted", "not started")]
+    if stopped:
+        print(f"sweep interrupted: {len(stopped)} run(s) not finished; run the same command again to continue them")
+        return 130
     failed = [n for n, res in results.items() if res["status"] == "failed"]
     from .report import report_markdown
 

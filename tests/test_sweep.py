@@ -223,3 +223,36 @@ def test_dry_run_lists_the_runs_and_their_state(tmp_path, tiny_npz):
     assert lines[-1] == "8 runs planned (dry run: nothing started)"
     assert lines[0].split() == ["new", str(tmp_path / "o" / "aspc-critic=robust" / "aspc-critic=robust-pendulum-tiny-s0")]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_the_same_sweep_continues_them(tmp_path, tiny_npz):
+    pytest.importorskip("ray")
+    out = tmp_path / "sweep"
+    args = ["--algo", "aspc", "--dataset", tiny_npz, "--set", "steps=1500", "checkpoint_every=250",
+            *[s for s in TINY if not s.startswith("checkpoint_every")], "--out", out]
+    run_dir = out / "aspc" / "aspc-pendulum-tiny-s0"
+    log = open(tmp_path / "sweep.out", "w+")
+    sweep = subprocess.Popen([sys.executable, "-m", "metaconstraint", "sweep", *map(str, args)], stdout=log,
+                             stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    t0 = time.time()
+    try:
+        while not list((run_dir / "checkpoints").glob("step_*.pt")):
+            assert sweep.poll() is None and time.time() - t0 < 240, "no checkpoint appeared"
+            time.sleep(0.02)
+        sweep.send_signal(signal.SIGINT)  # what Ctrl-C sends the sweep
+        code = sweep.wait(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    log.seek(0)
+    output = log.read()
+    assert code == 130 and "run the same command again to continue them" in output, output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 250 <= summary["step"] < 1500  # train's own SIGINT handling
+    assert (run_dir / "checkpoints" / f"step_{summary['step']:08d}.pt").is_file()
+    assert not _train_processes(run_dir)
+    again = sweep_cli(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 finished already (skipped), 1 to resume, 0 to start" in again.stdout
+    assert f"resumed from step {summary['step']}" in again.stdout and run_state(run_dir) == "finished"
