@@ -197,7 +197,7 @@ def plan(spec: Mapping[str, Any], out: str | Path | None = None) -> list[Planned
     out = out if out is not None else spec.get("out")
     if not out:
         raise SpecError("say where the runs go: --out DIR (or out: DIR in the spec)")
-    root = Path(str(out))
+    root = Path(str(out)).expanduser()
     common = _mapping(spec.get("settings"), "settings")
     grids = spec.get("grids")
     if not isinstance(grids, list) or not grids:
@@ -236,8 +236,9 @@ def plan(spec: Mapping[str, Any], out: str | Path | None = None) -> list[Planned
     seen: dict[Path, PlannedRun] = {}
     for r in ordered:
         if r.run_dir in seen:
-            raise SpecError(f"two runs of the sweep would share the run directory {r.run_dir} (the grid repeats a "
-                            "combination, or two configs share a name)")
+            raise SpecError(f"two runs of the sweep would share the run directory {r.run_dir}: the grid repeats a "
+                            "combination, two configs share a name, or a named config is crossed with a key of several "
+                            "values (leave out its name, and the folder names show those values)")
         seen[r.run_dir] = r
     return ordered
 
