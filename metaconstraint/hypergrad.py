@@ -99,6 +99,11 @@ class Trajectory(NamedTuple):
         """The inner objective at iterate ``i`` with the given hparams (e.g. detached ones)."""
         return self.inner(self.params[i], hparams)
 
+    def judged_by(self, fn: Callable[[Mapping[str, Tensor], Any], Any], hparams: Any) -> "Trajectory":
+        """The same iterates judged by another objective ``fn(params, hparams)`` (e.g. on a fresh
+        batch): its ``outputs`` and ``evaluate`` come from ``fn``, evaluated on first access."""
+        return _trajectory(fn, self.params, self.opt_states, hparams)
+
 
 class Hypergrad(NamedTuple):
     """What :func:`unrolled` and :func:`implicit` return (all tensors detached).

@@ -290,3 +290,65 @@ def test_checkpoint_from_before_the_chain_optimizers_loads():
         b_agent.update(b)
     for k, v in a.actor.state_dict().items():
         assert torch.equal(v, b_agent.actor.state_dict()[k]), k
+
+
+# -- the alpha study's options: a fresh outer batch, centred rewards --------------------------------
+
+
+def test_fresh_outer_batch_judges_the_lookahead_on_the_previous_batch():
+    gen = torch.Generator().manual_seed(6)
+    batches = [random_batch(gen, dtype=F64) for _ in range(4)]
+    same = small("aspc", dtype=F64, alpha_every=2, seed=2)
+    fresh = small("aspc", dtype=F64, alpha_every=2, seed=2, outer_batch="fresh")
+    for b in batches[:3]:  # the next update (4) is actor step 2: alpha's first update
+        same.update(b), fresh.update(b)
+    for agent in (same, fresh):  # update 4 by its parts: the critic step, then the actor step below
+        agent.num_updates += 1
+        agent._critic_step(batches[3])
+    con = fresh.constraint
+    args = (fresh.actor_objective(batches[3]), fresh._actor_params(), fresh.actor_opt, fresh.actor_opt_state)
+    by_hand = con.hypergradient(*args, outer_objective=fresh.actor_objective(batches[2]))
+    own = con.hypergradient(*args)
+    logs_s, logs_f = same._actor_step(batches[3]), fresh._actor_step(batches[3])
+    assert float(logs_f["hypergrad"]) == float(by_hand.grads["rho"]) != float(own.grads["rho"])
+    assert float(logs_s["hypergrad"]) == float(own.grads["rho"])
+    for k, v in same.actor.state_dict().items():  # the real step is the inner batch's, in both
+        assert torch.equal(v, fresh.actor.state_dict()[k])
+    assert float(same.constraint.value()) != float(fresh.constraint.value())
+
+
+def test_fresh_outer_batch_resumes_exactly_from_an_odd_step():
+    """A checkpoint between a critic-only update and the next actor step must carry the batch."""
+    gen = torch.Generator().manual_seed(7)
+    batches = [random_batch(gen) for _ in range(40)]
+    a = small("aspc", alpha_every=2, outer_batch="fresh")
+    for b in batches[:21]:
+        a.update(b)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b_agent = small("aspc", alpha_every=2, outer_batch="fresh", seed=5)
+    b_agent.load_state_dict(torch.load(buf, weights_only=True))
+    for b in batches[21:]:
+        a.update(b), b_agent.update(b)
+    for k, v in a.actor.state_dict().items():
+        assert torch.equal(v, b_agent.actor.state_dict()[k]), k
+    assert torch.equal(a.constraint.coefficient.rho, b_agent.constraint.coefficient.rho)
+
+
+def test_outer_batch_setting_is_checked():
+    with pytest.raises(ValueError, match="outer_batch must be one of"):
+        small("aspc", outer_batch="next")
+
+
+def test_reward_centring_subtracts_the_datasets_mean_reward():
+    from metaconstraint.data.normalization import RewardTransform
+
+    from .test_data_sampler import indexed_dataset
+
+    t = indexed_dataset()
+    center = RewardTransform.from_mode("center", t)
+    assert center.shift == pytest.approx(-float(t.rewards.mean()), rel=1e-12) and center.scale == 1.0
+    assert abs(float(center(t.rewards).mean())) < 1e-6
+    with pytest.raises(ValueError, match="needs the dataset"):
+        RewardTransform.from_mode("center")

@@ -179,12 +179,18 @@ class TD3BC:
 
         return objective
 
+    def _outer_objective(self) -> Any:
+        """The objective a coefficient update judges its lookahead by; ``None``: the step's own."""
+        return None
+
     def _actor_params(self) -> dict[str, Tensor]:
         return dict(self.actor.named_parameters())
 
     def _actor_step(self, batch: Batch) -> dict[str, Tensor]:
         params = self._actor_params()
-        result = self.constraint.step(self.actor_objective(batch), params, self.actor_opt, self.actor_opt_state)
+        result = self.constraint.step(
+            self.actor_objective(batch), params, self.actor_opt, self.actor_opt_state, self._outer_objective()
+        )
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(result.params[k])

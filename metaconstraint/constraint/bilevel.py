@@ -195,8 +195,14 @@ class FixedConstraint:
         return self.coefficient.value()
 
     def step(
-        self, objective: Objective, params: Mapping[str, Tensor], opt: optim.GradientTransformation, opt_state: Any
+        self,
+        objective: Objective,
+        params: Mapping[str, Tensor],
+        opt: optim.GradientTransformation,
+        opt_state: Any,
+        outer_objective: Objective | None = None,
     ) -> StepResult:
+        """One first-order step (``outer_objective`` is accepted for a uniform interface, and unused)."""
         result = first_order_step(objective, params, opt, opt_state, self.coefficient.value())
         result.logs["coef"] = self.coefficient.value().detach()
         return result
@@ -298,16 +304,25 @@ class AdaptiveConstraint:
         return CoefficientState(self.coefficient.rho.detach(), self.coefficient.opt_state, self.memory)
 
     def step(
-        self, objective: Objective, params: Mapping[str, Tensor], opt: optim.GradientTransformation, opt_state: Any
+        self,
+        objective: Objective,
+        params: Mapping[str, Tensor],
+        opt: optim.GradientTransformation,
+        opt_state: Any,
+        outer_objective: Objective | None = None,
     ) -> StepResult:
-        """One inner step; every ``every``-th one also updates the coefficient."""
+        """One inner step; every ``every``-th one also updates the coefficient.
+
+        ``outer_objective``: judge the lookahead with another objective (e.g. the same loss on a
+        fresh batch) instead of the inner one; the inner steps always use ``objective``.
+        """
         second_order = self.updates_coefficient_next()
         self.inner_steps += 1
         if not second_order:
             result = first_order_step(objective, params, opt, opt_state, self.coefficient.value())
             result.logs["coef"] = self.value()
             return result
-        new, result = self.coefficient_step(objective, params, opt, opt_state, self.state)
+        new, result = self.coefficient_step(objective, params, opt, opt_state, self.state, outer_objective)
         check_hypergradient(result.logs["hypergrad"], self.value())
         self.coefficient.load_rho_and_state(new.rho, new.opt_state)
         self.memory = new.memory
@@ -320,11 +335,13 @@ class AdaptiveConstraint:
         opt: optim.GradientTransformation,
         opt_state: Any,
         state: CoefficientState | None = None,
+        outer_objective: Objective | None = None,
     ) -> hypergrad.Hypergrad:
         """d(outer)/d(rho) and the lookahead, without changing any state (``state`` default: the current one).
 
         ``grads["rho"]`` is the hypergradient; ``aux`` is ``(logs, new_memory)``; ``params`` and
-        ``opt_state`` are the lookahead's iterates (index 1 is the real step).
+        ``opt_state`` are the lookahead's iterates (index 1 is the real step). ``outer_objective``:
+        see :meth:`step`.
         """
         state = self.state if state is None else state
         c = self.config
@@ -334,7 +351,8 @@ class AdaptiveConstraint:
 
         def outer(traj: hypergrad.Trajectory, h: Mapping[str, Tensor]):
             coef = F.softplus(h["rho"])
-            value = self.outer(traj._replace(inner=objective), coef, state.memory)
+            judged = traj._replace(inner=objective) if outer_objective is None else traj.judged_by(outer_objective, coef)
+            value = self.outer(judged, coef, state.memory)
             return value.loss, (dict(terms_logs(traj.outputs[0]), **value.logs), value.memory)
 
         with torch.no_grad():  # torch.func transforms still differentiate; nothing else records a graph
@@ -353,6 +371,7 @@ class AdaptiveConstraint:
         opt: optim.GradientTransformation,
         opt_state: Any,
         state: CoefficientState,
+        outer_objective: Objective | None = None,
     ) -> tuple[CoefficientState, StepResult]:
         """The real inner step plus one coefficient update, as a pure function of its inputs.
 
@@ -361,7 +380,7 @@ class AdaptiveConstraint:
         ``torch.func.vmap`` over stacked seeds (``method="implicit"`` checks its solver on
         the host and does not).
         """
-        hg = self.hypergradient(objective, params, opt, opt_state, state)
+        hg = self.hypergradient(objective, params, opt, opt_state, state, outer_objective)
         logs, memory = hg.aux
         if self.config.method == "unrolled":
             new_params, new_opt_state = hg.params[1], hg.opt_state[1]

@@ -18,7 +18,7 @@ import torch
 if TYPE_CHECKING:
     from .transitions import Transitions
 
-REWARD_MODES = ("none", "locomotion", "antmaze")
+REWARD_MODES = ("none", "locomotion", "antmaze", "center")
 
 
 class ObsNormalizer:
@@ -121,13 +121,18 @@ class RewardTransform:
 
     @classmethod
     def from_mode(cls, mode: str | float, transitions: "Transitions | None" = None) -> "RewardTransform":
-        """``"none"``, ``"locomotion"`` (needs the dataset), ``"antmaze"``, or a number (a plain scale)."""
+        """``"none"``, ``"locomotion"`` (needs the dataset), ``"antmaze"``, ``"center"`` (subtract the
+        dataset's mean reward, as the ASPC authors' critic target does; needs the dataset), or a number."""
         if isinstance(mode, (int, float)) and not isinstance(mode, bool):
             return cls(float(mode), 0.0, "scale")
         if mode == "none":
             return cls(1.0, 0.0, "none")
         if mode == "antmaze":
             return cls(1.0, -1.0, "antmaze")
+        if mode == "center":
+            if transitions is None:
+                raise ValueError("reward centring 'center' needs the dataset (its mean reward)")
+            return cls(1.0, -float(np.mean(transitions.rewards)), "center")
         if mode == "locomotion":
             if transitions is None:
                 raise ValueError("reward scaling 'locomotion' needs the dataset (its episode returns)")
