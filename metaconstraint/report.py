@@ -22,14 +22,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .plotting import (GREEK, RunData, check_pool, describe_settings, find_runs, flat_settings, format_value,
                        load_run_data, variant_labels)
 
-__all__ = ["Cell", "collect_runs", "dataset_order", "report_markdown", "summarise"]
+__all__ = ["Cell", "collect_runs", "dataset_order", "quality_correlations", "report_markdown", "summarise"]
 
 # D4RL / Minari quality levels, poorest first (the longest match wins: medium-replay before medium)
 QUALITY = ["random", "medium-replay", "medium", "medium-expert", "expert"]
@@ -190,6 +190,95 @@ def _per_seed(cells: dict[tuple[str, str], Cell], algos: list[str], datasets: li
     return lines
 
 
+@dataclass
+class QualityCorrelation:
+    """Spearman rank correlation, across datasets, between the data's own normalised score and a column's
+    final learned coefficient (mean over seeds per dataset); ``per_seed``: the same from each seed's runs,
+    for the seeds that have a run on every one of the datasets."""
+
+    algo: str
+    group: str
+    datasets: list[str]
+    data_scores: list[float]
+    coefs: list[float]
+    rho: float
+    p: float
+    per_seed: dict[int, float]
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """(rho, p); nan for a constant input, where a rank correlation is undefined."""
+    from scipy.stats import spearmanr
+
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan, math.nan
+    res = spearmanr(x, y)
+    return float(res.statistic), float(res.pvalue)
+
+
+def quality_correlations(cells: dict[tuple[str, str], Cell], min_datasets: int = 3) -> list[QualityCorrelation]:
+    """Per column whose coefficient is learned (its final values are not all equal), the Spearman rank
+    correlation between the datasets' own normalised score and the final coefficient, over the column's
+    datasets that have both: per domain with at least ``min_datasets`` of them, and over all its datasets
+    when they span several domains (the ASPC paper's claim: strongly negative, a small alpha on expert data)."""
+    out: list[QualityCorrelation] = []
+    for algo in sorted({a for a, _ in cells}):
+        usable = {}
+        for (a, d), c in cells.items():
+            data = [r.summary["dataset_score"] for r in c.runs if r.summary.get("dataset_score") is not None]
+            if a == algo and c.coefs and data:
+                usable[d] = (float(np.mean(data)), c)
+        finals = [v for _, c in usable.values() for v in c.coefs]
+        if not finals or all(math.isclose(v, finals[0], rel_tol=1e-6) for v in finals):
+            continue  # a fixed coefficient: nothing to rank
+        datasets = sorted(usable, key=dataset_order)
+        domains: dict[str, list[str]] = {}
+        for d in datasets:
+            domains.setdefault(dataset_order(d)[0], []).append(d)
+        groups = [(dom, ds) for dom, ds in domains.items() if len(ds) >= min_datasets]
+        if len(domains) > 1 and len(datasets) >= min_datasets:
+            groups.append(("all", datasets))
+        for group, ds in groups:
+            scores = [usable[d][0] for d in ds]
+            coefs = [float(np.mean(usable[d][1].coefs)) for d in ds]
+            rho, p = _spearman(scores, coefs)
+            per_seed = {}
+            for seed in sorted({s for d in ds for s in usable[d][1].seeds}):
+                ends = []
+                for d in ds:
+                    c = usable[d][1]
+                    vals = [v for r, v in zip(c.runs, c.coefs) if r.seed == seed]
+                    ends.append(vals[0] if len(vals) == 1 else None)
+                if None not in ends:
+                    per_seed[seed] = _spearman(scores, ends)[0]
+            out.append(QualityCorrelation(algo, group, ds, scores, coefs, rho, p, per_seed))
+    return out
+
+
+def _quality_lines(cells: dict[tuple[str, str], Cell]) -> list[str]:
+    found = quality_correlations(cells)
+    if not found:
+        return []
+    keys = sorted({cells[(q.algo, q.datasets[0])].coef_key for q in found})
+    coef = GREEK.get(keys[0], keys[0]) if len(keys) == 1 else "coefficient"
+    lines = [f"Does the learned coefficient follow the data's quality? Spearman rank correlation across datasets "
+             f"between the data's own normalised score and the final {coef} (mean over seeds), per column with "
+             "a learned coefficient and at least 3 such datasets (per domain, and over all when several; the ASPC "
+             "paper's claim is strongly negative: a small α on expert data, a large one on poor data). p is "
+             "scipy's and has little power with 3-5 datasets; per seed: the same from each seed's runs alone.",
+             "", f"| column | datasets | Spearman ρ | p | per seed | final {coef}, poorest → best data |",
+             "|---|---|---|---|---|---|"]
+    for q in found:
+        order = sorted(range(len(q.datasets)), key=lambda i: q.data_scores[i])
+        pairs = ", ".join(f"{q.coefs[i]:.2f} ({q.data_scores[i]:.1f})" for i in order)
+        num = lambda v, fmt: "–" if math.isnan(v) else format(v, fmt)  # noqa: E731
+        seeds = ", ".join(f"s{s} {num(r, '+.2f')}" for s, r in q.per_seed.items()) or "–"
+        lines.append(f"| {q.algo} | {q.group} ({len(q.datasets)}) | {num(q.rho, '+.2f')} | {num(q.p, '.2f')} | {seeds} "
+                     f"| {pairs} |")
+    lines += ["", f"(In the last column each {coef} is followed by the data's own score in brackets.)", ""]
+    return lines
+
+
 def report_markdown(root: str | Path | Sequence[str | Path], title: str | None = None, per_seed: bool = False,
                     pool: Sequence[str] = ()) -> str:
     """The markdown report of every run under ``root``; ``pool``: settings to average over (see the module doc)."""
@@ -230,6 +319,7 @@ def report_markdown(root: str | Path | Sequence[str | Path], title: str | None =
                 "",
                 *_table(cells, algos, datasets, "coef"),
                 "",
+                *_quality_lines(cells),
             ]
         if per_seed:
             lines += ["Per seed: final normalised score; for a learned coefficient also its end value and "

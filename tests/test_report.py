@@ -121,5 +121,52 @@ def test_plot_groups_like_the_report(two_alphas, tmp_path, capsys):
 
 def test_the_committed_report_is_what_report_makes_of_the_committed_runs():
     results = ROOT / "experiments" / "results"
-    text = report_markdown(results, title="Issue 9: small-scale suite (8k steps, width 64, 3 seeds)", per_seed=True)
+    suite = sorted(p for p in results.iterdir()  # the variants' folders; issue 14's alpha_study has its own report
+                   if p.is_dir() and p.name != "alpha_study" and any(p.glob("*/config.yaml")))
+    text = report_markdown(suite, title="Issue 9: small-scale suite (8k steps, width 64, 3 seeds)", per_seed=True)
     assert text == (results / "report.md").read_text()
+
+
+def quality_run(root: Path, name: str, dataset: str, data_score: float, coef: float, seed: int, **kw) -> Path:
+    d = fake_run(root, name, 50.0, seed, dataset=dataset, coef=coef, **kw)
+    summary = json.loads((d / "summary.json").read_text())
+    (d / "summary.json").write_text(json.dumps({**summary, "dataset_score": data_score}))
+    return d
+
+
+def quality_rows(text: str) -> dict[tuple[str, str], list[str]]:
+    """The quality-correlation table: {(column, datasets): [rho, p, per seed, pairs]}."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| column | datasets | Spearman"))
+    out = {}
+    for ln in lines[start + 2:]:
+        if not ln.startswith("| "):
+            break
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        out[(cells[0], cells[1])] = cells[2:]
+    return out
+
+
+def test_report_ranks_the_final_coefficient_against_the_datas_quality(tmp_path):
+    """Spearman rho between the data's score and the final alpha, per learned column and domain: checked against
+    the hand formula 1 - 6 sum d^2 / (n (n^2 - 1)); fixed coefficients and domains under 3 datasets get no row."""
+    pend = [f"metaconstraint/pendulum/{q}-v0" for q in ("random", "medium", "expert", "medium-expert")]
+    data = [10.0, 40.0, 98.0, 70.0]
+    for seed, alphas in enumerate([(4.0, 3.0, 2.0, 1.0), (4.0, 3.0, 1.0, 2.0)]):  # seed 1: expert and m-e swapped
+        for d, score, a in zip(pend, data, alphas):
+            quality_run(tmp_path, f"aspc-{Path(d).name}-s{seed}", d, score, a, seed, agent_alpha_lr=0.25)
+            quality_run(tmp_path, f"td3bc-{Path(d).name}-s{seed}", d, score, 2.5, seed, algo="td3bc")
+        for d, score, a in zip(["metaconstraint/hopper/random-v0", "metaconstraint/hopper/medium-v0"], [1.0, 29.0],
+                               (9.0, 10.0)):  # 2 Hopper datasets: no Hopper row, but an 'all' row
+            quality_run(tmp_path, f"aspc-h-{Path(d).name}-s{seed}", d, score, a, seed, agent_alpha_lr=0.25)
+    rows = quality_rows(report_markdown(tmp_path))
+    assert set(rows) == {("aspc [alpha_lr=0.25]", "pendulum (4)"), ("aspc [alpha_lr=0.25]", "all (6)")}
+    rho, p, per_seed, pairs = rows[("aspc [alpha_lr=0.25]", "pendulum (4)")]
+    # by data score: random 10, medium 40, m-e 70, expert 98; mean alpha 4, 3, 1.5, 1.5 (a tie)
+    assert rho == "-0.95" and float(p) < 0.06
+    # seed 0: alpha ranks 4, 3, 1, 2 against 1, 2, 3, 4: d^2 = 9+1+4+4 = 18, rho = 1 - 6*18/60 = -0.80; seed 1: -1
+    assert per_seed == "s0 -0.80, s1 -1.00"
+    assert pairs == "4.00 (10.0), 3.00 (40.0), 1.50 (70.0), 1.50 (98.0)"
+    # all 6: data ranks 1..6 against alpha 9, 4, 10, 3, 1.5, 1.5 (ranks 5, 4, 6, 3, 1.5, 1.5): Pearson of the
+    # ranks = -14 / sqrt(17.5 * 17) = -0.81
+    assert rows[("aspc [alpha_lr=0.25]", "all (6)")][0] == "-0.81"
