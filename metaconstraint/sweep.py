@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import re
 import signal
@@ -48,6 +47,7 @@ import yaml
 
 from .config import ConfigError, RunConfig, algo_class, dataset_key, resolve
 from .plotting import NOT_RESULT, flat_settings, format_value, settings_key
+from .training import read_summary
 
 __all__ = ["PlannedRun", "SpecError", "grid_from_flags", "load_spec", "plan", "run_state", "run_sweep"]
 
@@ -268,21 +268,10 @@ def run_state(run_dir: str | Path) -> str:
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():
         return "new"
-    try:
-        status = json.loads((d / "summary.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        status = None
+    status = read_summary(d).get("status")  # a damaged summary.json counts as none (with a warning)
     if status in ("finished", "diverged"):
         return str(status)
     return "resume"
-
-
-def _summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        s = json.loads((run_dir / "summary.json").read_text())
-        return s if isinstance(s, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -322,7 +311,7 @@ def run_one(run_dir: str, config: Mapping[str, Any], threads: int, env: Mapping[
                 f"not visible on {host}: start the sweep from a folder every node sees"}
     state = run_state(d)
     if state in ("finished", "diverged"):
-        return {"status": "skipped" if state == "finished" else "failed", "summary": _summary(d),
+        return {"status": "skipped" if state == "finished" else "failed", "summary": read_summary(d),
                 "error": "diverged (see its summary.json); delete the run directory to run it again"}
     d.parent.mkdir(parents=True, exist_ok=True)
     log = d.parent / f"{d.name}.log"
@@ -360,7 +349,7 @@ def run_one(run_dir: str, config: Mapping[str, Any], threads: int, env: Mapping[
             os.unlink(tmp.name)
     if code < 0:
         raise RunKilled(f"{d.name}: train was killed by signal {-code} on {host} (log: {log})")
-    summary = _summary(d)
+    summary = read_summary(d)
     result = {"status": "finished" if code == 0 and summary.get("status") == "finished" else "failed",
               "summary": summary, "wall_s": time.time() - t0, "resumed_from": resumed_from, "host": host}
     if result["status"] == "failed":
