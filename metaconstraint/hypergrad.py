@@ -25,10 +25,11 @@ last iterate with ``coef`` held constant).
 Three unrolled backends compute the same quantity and are tested to agree (<= 1e-10 in
 float64):
 
-``"func"``   reverse-over-reverse with ``torch.func``: ``grad`` over the hparams of a
-             function that runs the steps (each a ``torch.func.grad`` over the params).
-             Pure, so it also runs under ``torch.func.vmap`` (several seeds at once).
-             Memory grows with ``steps``.
+``"func"``   reverse-over-reverse: inner gradients that keep their graph, then one backward
+             pass to the hparams. Plain autograd (``create_graph``) when called directly;
+             nested ``torch.func.grad`` when called inside a ``torch.func`` transform, so it
+             also runs under ``torch.func.vmap`` (several seeds at once). Memory grows with
+             ``steps``.
 ``"higher"`` the same steps run by the ``higher`` library's differentiable
              ``torch.optim`` optimizers, an independent cross-check. Needs an optimizer
              with a ``torch_equivalent`` (:func:`metaconstraint.optim.adam`, ``sgd``).
@@ -56,7 +57,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.func import grad, jvp
+from torch.func import grad, jvp, vjp
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .optim import GradientTransformation, Params, State, apply_updates, check_state, check_tree, detach_state
@@ -242,11 +243,15 @@ def step(
 ) -> Step:
     """One optimizer step on ``loss_fn(params)`` (a scalar, or an object with ``.loss``).
 
-    Pure. Inside a ``torch.func`` transform over something ``loss_fn`` uses (a coefficient,
-    an hparam) the new params are a differentiable function of it. Outside any transform it
-    is an ordinary first-order step and returns tensors without a graph (the gradient then
-    comes from plain autograd: the same numbers, without the transform's per-op cost on the
-    training hot path). A parameter ``loss_fn`` does not use gets a zero gradient.
+    Pure, and differentiable in whatever ``loss_fn`` closes over, by the AD in use:
+
+    * inside a ``torch.func`` transform (grad, jvp, vmap) the gradient is a ``torch.func.grad``;
+    * outside, with autograd's grad mode on, it is ``torch.autograd.grad(create_graph=True)``,
+      so plain autograd differentiates the new params (the faster, leaner path on CPU);
+    * outside with grad mode off (``torch.no_grad()``), an ordinary first-order step whose
+      results carry no graph.
+
+    A parameter ``loss_fn`` does not use gets a zero gradient.
     """
     if _transform_active():
 
@@ -258,13 +263,18 @@ def step(
         grads, packed = grad(loss_and_output, has_aux=True)(dict(params))
         output = carry.unpack(packed)
     else:
+        differentiable = torch.is_grad_enabled()
         with torch.enable_grad():
-            leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+            leaves = {k: v if differentiable and v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
             output = loss_fn(leaves)
-            found = torch.autograd.grad(_loss_of(output), list(leaves.values()), allow_unused=True)
+            found = torch.autograd.grad(
+                _loss_of(output), list(leaves.values()), create_graph=differentiable, allow_unused=True
+            )
         grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), found)}
-        output = _detached(output)
-        params = _detached(dict(params))
+        if differentiable:
+            params = leaves
+        else:
+            output, params = _detached(output), _detached(dict(params))
     updates, new_state = opt.update(grads, opt_state, params)
     new_params = apply_updates(params, updates)
     return Step(new_params, new_state, output)
@@ -301,9 +311,10 @@ def _trajectory(inner: InnerFn, iterates, states, hparams, known: Optional[dict[
 
 
 def _unroll_func(inner, outer, prefix, hparams, opt, steps):
+    """Reverse-over-reverse: plain autograd at top level, ``torch.func.grad`` inside a transform."""
     iterates0, states0 = prefix
 
-    def outer_of(h: Params):
+    def run(h: Params):
         o = _resolve_opt(opt, h)
         iterates, states, known = list(iterates0), list(states0), {}
         for i in range(steps):
@@ -312,16 +323,31 @@ def _unroll_func(inner, outer, prefix, hparams, opt, steps):
                 known[len(iterates) - 1] = s.output  # the first step's forward pass, reused
             iterates.append(s.params)
             states.append(s.opt_state)
-        traj = _trajectory(inner, iterates, states, h, known)
-        loss, aux = _outer_value(outer(traj, h))
-        if not loss.requires_grad:
-            raise _no_path_error(f"in the {steps} differentiated step(s)")
-        return loss, (loss, carry.pack((aux, tuple(iterates), tuple(states))))
+        loss, aux = _outer_value(outer(_trajectory(inner, iterates, states, h, known), h))
+        return loss, aux, iterates, states
 
-    carry = _Carry()
-    grads, (loss, packed) = grad(outer_of, has_aux=True)(hparams)
-    aux, iterates, states = carry.unpack(packed)
-    return grads, loss, aux, iterates, states
+    where = f"in the {steps} differentiated step(s)"
+    if _transform_active():  # e.g. under torch.func.vmap: stay inside torch.func
+
+        def outer_of(h: Params):
+            loss, aux, iterates, states = run(h)
+            if not loss.requires_grad:
+                raise _no_path_error(where)
+            return loss, (loss, carry.pack((aux, tuple(iterates), tuple(states))))
+
+        carry = _Carry()
+        grads, (loss, packed) = grad(outer_of, has_aux=True)(hparams)
+        aux, iterates, states = carry.unpack(packed)
+        return grads, loss, aux, iterates, states
+
+    h = {k: v.detach().requires_grad_() for k, v in hparams.items()}
+    with torch.enable_grad():
+        loss, aux, iterates, states = run(h)
+        found = torch.autograd.grad(loss, list(h.values()), allow_unused=True) if loss.requires_grad else [None] * len(h)
+    if all(g is None for g in found):
+        raise _no_path_error(where)
+    grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(h.items(), found)}
+    return grads, loss, aux, tuple(iterates), tuple(states)
 
 
 @functools.cache
@@ -589,7 +615,6 @@ def implicit(
 
 def _implicit_solve(inner, outer, p_star, h0, method, iters, damping, lr, tol):
     """The implicit hypergradient as pure ``torch.func`` code (CG adds host-side stopping)."""
-    _quiet_forward_ad_setup()
     def outer_at(q: Params, h: Params):
         loss, aux = _outer_value(outer(_trajectory(inner, (p_star, q), (None, None), h), h))
         return loss, (loss, carry.pack(aux))
@@ -601,8 +626,12 @@ def _implicit_solve(inner, outer, p_star, h0, method, iters, damping, lr, tol):
     def inner_grad(q: Params, h: Params) -> Params:
         return grad(lambda q_: _loss_of(inner(q_, h)))(q)
 
+    # Hessian-vector products as vector-Jacobian products of the inner gradient (H is symmetric):
+    # the gradient's graph is built once and reused by every product of the solver.
+    g0, hvp = vjp(lambda q: inner_grad(q, h0), p_star)
+
     def matvec(v: Params) -> Params:
-        _, hv = jvp(lambda q: inner_grad(q, h0), (p_star,), (v,))
+        (hv,) = hvp(v)
         return _tree_axpy(damping, v, hv)
 
     if method == "cg":
@@ -614,7 +643,6 @@ def _implicit_solve(inner, outer, p_star, h0, method, iters, damping, lr, tol):
     residual = torch.where(b_norm > 0, torch.sqrt(_tree_dot(r, r)) / b_norm.clamp_min(1e-30), torch.zeros_like(b_norm))
     mixed = grad(lambda h: _tree_dot(inner_grad(p_star, h), _detached(v)))(h0)
     grads = {k: d_h[k] - mixed[k] for k in h0}
-    g0 = inner_grad(p_star, h0)
     inner_grad_norm = torch.sqrt(_tree_dot(g0, g0))
     return grads, loss, aux, used, residual, inner_grad_norm
 
