@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "NOT_RESULT", "RunData", "check_pool", "find_runs", "flat_settings", "group_runs", "load_run_data", "plot_run", "plot_runs",
-    "settings_key", "variant_labels",
+    "resolved_settings", "settings_key", "variant_labels",
 ]
 
 LOSS_KEYS = (("critic_loss", True), ("actor_loss", False), ("bc_loss", True), ("q_mean", False))
@@ -131,6 +131,20 @@ def flat_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def resolved_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`flat_settings` with every setting the run's config.yaml lacks filled in with its algorithm's
+    current default. A config written before a setting existed (ASPC's ``horizon``, ``method`` or
+    ``outer_batch``, a run's ``env_id``) lacks its key; every new setting is added with a default that
+    reproduces the old behaviour, so the old run behaved as the default says and groups with new runs
+    that use the default. An algorithm this package does not know is left as it is."""
+    flat = flat_settings(config)
+    preset = flat.get("preset")
+    defaults = _defaults(str(flat.get("algo")), str(flat.get("dataset")), preset if isinstance(preset, str) else None)
+    for key, value in (defaults or {}).items():
+        flat.setdefault(key, value)
+    return flat
+
+
 def _pooled(key: str, pool: Sequence[str]) -> bool:
     return key in pool or (key.startswith("agent.") and key[6:] in pool)
 
@@ -138,7 +152,7 @@ def _pooled(key: str, pool: Sequence[str]) -> bool:
 def settings_key(config: Mapping[str, Any], pool: Sequence[str] = ()) -> str:
     """What runs must share to be averaged together: every setting except the dataset (a report's
     row), those in :data:`NOT_RESULT` and those named in ``pool`` (``alpha`` or ``agent.alpha``)."""
-    kept = {k: v for k, v in flat_settings(config).items()
+    kept = {k: v for k, v in resolved_settings(config).items()
             if k != "dataset" and k not in NOT_RESULT and not _pooled(k, pool)}
     return json.dumps(kept, sort_keys=True, default=str)
 
@@ -170,7 +184,7 @@ def _defaults(algo: str, dataset: str, preset: str | None) -> dict[str, Any] | N
 
 def _non_default(config: Mapping[str, Any], pool: Sequence[str]) -> dict[str, Any] | None:
     """The settings of ``config`` that differ from its algorithm's defaults, by display name (None: unknown algorithm)."""
-    flat = flat_settings(config)
+    flat = resolved_settings(config)
     preset = flat.get("preset")
     defaults = _defaults(str(flat.get("algo")), str(flat.get("dataset")), preset if isinstance(preset, str) else None)
     if defaults is None:
@@ -212,7 +226,7 @@ def variant_labels(configs: Iterable[Mapping[str, Any]], pool: Sequence[str] = (
     for lab, keys in by_label.items():
         if len(keys) < 2:
             continue
-        flats = {k: flat_settings(reps[k]) for k in keys}
+        flats = {k: resolved_settings(reps[k]) for k in keys}
         names = [n for n in dict.fromkeys(n for f in flats.values() for n in f)
                  if n not in NOT_RESULT and n != "dataset" and not _pooled(n, pool)
                  and len({json.dumps(f.get(n), default=str) for f in flats.values()}) > 1]
@@ -234,7 +248,7 @@ def describe_settings(settings: Mapping[str, Any]) -> str:
 
 def check_pool(runs: Sequence[RunData], pool: Sequence[str]) -> None:
     """A ``pool`` name that no run has is a typo: stop with the closest names."""
-    names = {k for r in runs for k in flat_settings(r.config)} | {k[6:] for r in runs for k in flat_settings(r.config)
+    names = {k for r in runs for k in resolved_settings(r.config)} | {k[6:] for r in runs for k in resolved_settings(r.config)
                                                                  if k.startswith("agent.")}
     for name in pool:
         if name not in names:

@@ -170,3 +170,28 @@ def test_report_ranks_the_final_coefficient_against_the_datas_quality(tmp_path):
     # all 6: data ranks 1..6 against alpha 9, 4, 10, 3, 1.5, 1.5 (ranks 5, 4, 6, 3, 1.5, 1.5): Pearson of the
     # ranks = -14 / sqrt(17.5 * 17) = -0.81
     assert rows[("aspc [alpha_lr=0.25]", "all (6)")][0] == "-0.81"
+
+
+def test_old_run_configs_without_newer_settings_group_with_new_ones():
+    """A config written before ``horizon``/``method``/``outer_batch``/``env_id`` existed is the same
+    configuration as a new one at those settings' defaults: one column, labelled as the default."""
+    from metaconstraint.config import resolve
+    from metaconstraint.plotting import resolved_settings, settings_key, variant_labels
+
+    new = resolve(flags={"algo": "aspc", "dataset": "x/pendulum/medium-v0", "steps": 8000}).to_dict()
+    old = json.loads(json.dumps(new))
+    for key in ("horizon", "method", "outer_batch"):
+        assert key in old["agent"]
+        del old["agent"][key]
+    for key in ("env_id", "ref_min_score", "ref_max_score"):
+        old.pop(key, None)
+    assert settings_key(old) == settings_key(new)
+    assert resolved_settings(old)["agent.horizon"] == 1 and resolved_settings(old)["agent.method"] == "unrolled"
+    labels, _ = variant_labels([old, new])
+    assert list(labels.values()) == ["aspc"]
+    # a non-default value still splits, and an old config lacking the key is the default's group
+    other = json.loads(json.dumps(new))
+    other["agent"]["horizon"] = 3
+    labels, _ = variant_labels([old, new, other])
+    assert sorted(labels.values()) == ["aspc", "aspc [horizon=3]"]
+    assert labels[settings_key(old)] == "aspc"
