@@ -31,6 +31,18 @@ EXAMPLES = """examples:
 """
 
 
+# ----------------------------------------------------------------------------- help
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help already says its default, or there is
+    nothing to say (no default, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        return super()._get_help_string(action)
+
+
 # ----------------------------------------------------------------------------- argument types
 def _positive_int(text: str) -> int:
     try:
@@ -56,6 +68,28 @@ def _nonneg_int(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v
+
+
+def _number(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return v
+
+
+def _add_own_data(a: Any, what: str) -> None:
+    """--env-id, --ref-min-score, --ref-max-score (train and eval)."""
+    a("--env-id", metavar="ENV_ID",
+      help=f"Gymnasium env {what} evaluates in, when the dataset names none or to override it (e.g. Hopper-v5)")
+    a("--ref-min-score", type=_number, metavar="R0",
+      help="return that scores 0 (with --ref-max-score), when the dataset has no reference scores or to override them; "
+           "without any, scores are raw returns")
+    a("--ref-max-score", type=_number, metavar="R100", help="return that scores 100 (with --ref-min-score)")
 
 
 def _algo(text: str) -> str:
@@ -129,6 +163,7 @@ def _add_train(sub: Any) -> None:
       help="with --resume: continue from this checkpoint (default: the newest intact one)")
     a("--trust-env-spec", action="store_true",
       help="build the dataset's env spec even if it names code outside installed, trusted environment packages")
+    _add_own_data(a, "the run")
     t.set_defaults(func=cmd_train)
 
 
@@ -145,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
 
-    e = sub.add_parser("eval", help="evaluate a run's policy in its environment",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e = sub.add_parser("eval", help="evaluate a run's policy in its environment", formatter_class=HelpFormatter)
     e.add_argument("--run-dir", required=True, metavar="DIR", help="the run directory")
     e.add_argument("--checkpoint", metavar="STEP|PATH", help="a step number or checkpoint file (default: the newest)")
     e.add_argument("--episodes", type=_positive_int, default=10, help="episodes to run")
@@ -155,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print only the result as JSON")
     e.add_argument("--trust-env-spec", action="store_true",
                    help="build the checkpoint's env spec even if it names code outside installed, trusted environment packages")
+    _add_own_data(e.add_argument, "the policy")
     e.set_defaults(func=cmd_eval)
 
     try:
@@ -166,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         register(sub)
 
     pl = sub.add_parser("plot", help="plot alpha, losses and score vs step for one or more runs (mean ± std over seeds)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=HelpFormatter)
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
     pl.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/plots for one run, ./plots for several)")
     pl.add_argument("--pool", nargs="+", default=[], metavar="SETTING",
@@ -175,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plot)
 
     r = sub.add_parser("report", help="markdown table of final normalised scores, configuration x dataset, over seeds",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     r.add_argument("runs_dir", nargs="+", metavar="RUNS_DIR", help="folder(s) holding run directories")
     r.add_argument("--out", metavar="FILE.md", help="also write the report to this file")
     r.add_argument("--title", default="Results", help="report heading")
@@ -184,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pool", nargs="+", default=[], metavar="SETTING",
                    help="average runs whose settings differ only in these, e.g. --pool alpha (default: a column is one "
                         "configuration; runs with different settings are never averaged)")
+    r.add_argument("--ref-min-score", type=_number, metavar="R0",
+                   help="with --ref-max-score: normalise the final returns of runs that have no reference scores of "
+                        "their own (default: such runs are shown with raw returns, outside the averages)")
+    r.add_argument("--ref-max-score", type=_number, metavar="R100", help="the return that scores 100 (with --ref-min-score)")
+    r.add_argument("--env-id", metavar="ENV_ID",
+                   help="apply --ref-min-score/--ref-max-score only to runs in this env (default: every run without "
+                        "reference scores)")
     r.set_defaults(func=cmd_report)
 
     from .sweep import add_parser as add_sweep
@@ -191,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep(sub)
 
     x = sub.add_parser("export", help="write a run's policy as TorchScript (normalisation built in; needs only torch)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     x.add_argument("--run-dir", required=True, metavar="DIR", help="the run directory")
     x.add_argument("--out", required=True, metavar="policy.pt", help="output file")
     x.add_argument("--checkpoint", metavar="STEP|PATH", help="a step number or checkpoint file (default: the newest)")
@@ -214,6 +256,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "eval_every": args.eval_every, "eval_episodes": args.eval_episodes, "seed": args.seed,
         "batch_size": args.batch_size, "device": args.device, "log_every": args.log_every,
         "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
+        "env_id": args.env_id, "ref_min_score": args.ref_min_score, "ref_max_score": args.ref_max_score,
     }
 
 
@@ -247,6 +290,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
         if args.checkpoint:
             return _fail("--checkpoint goes with --resume (it picks the checkpoint a run continues from)")
+        if not args.quiet:
+            from .config import preset_reason
+
+            print(f"{config.algo} on {config.dataset}: {preset_reason(config)}", flush=True)
         trainer = Trainer(config, run_dir, progress=progress, echo=echo, plots=not args.no_plots,
                           trust_env_spec=args.trust_env_spec)
     if not args.threads and "OMP_NUM_THREADS" not in os.environ and trainer.config.preset == "quick":
@@ -307,9 +354,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, args.checkpoint, device=args.device, echo=lambda text: print(text, file=sys.stderr))
     seed = run.config.resolved_eval_seed() if args.seed is None else args.seed
+    if (args.ref_min_score is None) != (args.ref_max_score is None):
+        return _fail("--ref-min-score and --ref-max-score go together (the returns that score 0 and 100): give both")
+    if args.ref_min_score is not None and args.ref_min_score == args.ref_max_score:
+        return _fail(f"--ref-min-score and --ref-max-score are both {args.ref_min_score}; no score can be computed")
+    ref = (args.ref_min_score, args.ref_max_score) if args.ref_min_score is not None else run.reference()
+    target = args.env_id if args.env_id else run.env_target(args.trust_env_spec)  # typed by the user: trusted
+    if args.env_id:
+        from .evaluation import check_eval_env
+
+        try:
+            check_eval_env(target, seed, int(run.env["obs_dim"]), int(run.env["act_dim"]))
+        except ValueError as err:
+            return _fail(f"--env-id {args.env_id}: {err}")
     res = evaluate(
-        run.agent, run.env_target(args.trust_env_spec), episodes=args.episodes, seed=seed, normalizer=run.normalizer,
-        n_envs=min(10, args.episodes), ref=run.reference(), device=args.device,
+        run.agent, target, episodes=args.episodes, seed=seed, normalizer=run.normalizer,
+        n_envs=min(10, args.episodes), ref=ref, device=args.device,
     )
     res.update(run_dir=str(run.run_dir), checkpoint=str(run.checkpoint), step=run.step, algo=run.config.algo,
                dataset=run.config.dataset)
@@ -352,8 +412,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_markdown
 
+    if (args.ref_min_score is None) != (args.ref_max_score is None):
+        return _fail("--ref-min-score and --ref-max-score go together (the returns that score 0 and 100): give both")
+    if args.ref_min_score is not None and args.ref_min_score == args.ref_max_score:
+        return _fail(f"--ref-min-score and --ref-max-score are both {args.ref_min_score}; no score can be computed")
+    if args.env_id and args.ref_min_score is None:
+        return _fail("--env-id picks the runs that --ref-min-score/--ref-max-score normalise; give those too")
+    ref = (args.ref_min_score, args.ref_max_score) if args.ref_min_score is not None else None
     try:
-        text = report_markdown(args.runs_dir, title=args.title, per_seed=args.per_seed, pool=args.pool)
+        text = report_markdown(args.runs_dir, title=args.title, per_seed=args.per_seed, pool=args.pool, ref=ref,
+                               ref_env=args.env_id)
     except (FileNotFoundError, ValueError) as err:
         return _fail(str(err))
     print(text, end="")

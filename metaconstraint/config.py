@@ -37,6 +37,7 @@ __all__ = [
     "dump_yaml",
     "load_yaml",
     "parse_overrides",
+    "preset_reason",
     "resolve",
     "run_config_from_dict",
 ]
@@ -96,6 +97,11 @@ class RunConfig:
     reward_scale: str | float = "none"  # none | locomotion | antmaze | a number
     normalize_obs: bool = True
     tag: str = ""  # a free label; report and plot keep runs with different tags apart (ablations)
+    # Your own data: the evaluation env when the dataset does not name one (or to override it), and the
+    # returns that score 0 and 100 when it carries no reference scores (both or neither).
+    env_id: str | None = None
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
     agent: Any = None  # the algorithm's config dataclass
 
     def to_dict(self) -> dict[str, Any]:
@@ -382,6 +388,7 @@ def resolve(
     dataset_raw, where = _pick(layers, "dataset", RunConfig.dataset)
     dataset = _coerce(dataset_raw, str, f"dataset ({where})")
     preset_raw, where = _pick(layers, "preset", None)
+    preset_from = "default" if preset_raw is None else where
     preset = _default_preset(dataset) if preset_raw is None else _coerce(preset_raw, str, f"preset ({where})")
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}' ({where}); choose one of: {', '.join(PRESETS)}")
@@ -432,7 +439,27 @@ def resolve(
             agent_cfg.validate()
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{algo} settings: {err}") from err
-    return RunConfig(**values, agent=agent_cfg)
+    out = RunConfig(**values, agent=agent_cfg)
+    out.preset_from = preset_from  # not a setting: what preset_reason() says
+    return out
+
+
+def preset_reason(config: RunConfig) -> str:
+    """Which preset a run uses and why, in one phrase (for the first line ``train`` prints)."""
+    from .data import BUILTIN
+
+    p = config.preset
+    sizes = {"quick": f"{PRESETS['quick']['steps']:,} steps, 64-wide networks",
+             "paper": f"{PRESETS['paper']['steps']:,} steps, the algorithm's published network sizes"}.get(p, "")
+    where = getattr(config, "preset_from", "default")
+    if where != "default":
+        why = f"set by {where}"
+    elif config.dataset in BUILTIN:
+        why = "the default for a built-in dataset"
+    else:
+        why = ("the default for a dataset that is not built in (a real benchmark run); add --preset quick for "
+               f"a short run of {PRESETS['quick']['steps']:,} steps")
+    return f"preset {p} ({sizes}): {why}" if sizes else f"preset {p}: {why}"
 
 
 def _range_rule(name: str) -> tuple[str, Callable[[float], bool]] | None:
@@ -485,6 +512,16 @@ def validate(c: RunConfig) -> None:
         re.fullmatch(r"cpu|cuda(:\d+)?|mps", c.device) is not None,
         f"device must be cpu, cuda, cuda:N or mps, got '{c.device}'",
     )
+    refs = (c.ref_min_score, c.ref_max_score)
+    need(
+        (refs[0] is None) == (refs[1] is None),
+        "ref_min_score and ref_max_score go together (the returns that score 0 and 100): give both "
+        "(--ref-min-score and --ref-max-score) or neither",
+    )
+    if refs[0] is not None:
+        need(all(math.isfinite(v) for v in refs), f"reference scores must be finite numbers, got {refs[0]} and {refs[1]}")
+        need(refs[0] != refs[1], f"ref_min_score and ref_max_score are both {refs[0]}; no score can be computed from them")
+    need(c.env_id is None or c.env_id.strip() != "", "env_id must be a Gymnasium env id (e.g. Hopper-v5), got ''")
     if isinstance(c.reward_scale, float):
         need(math.isfinite(c.reward_scale), f"reward_scale must be a finite number, got {c.reward_scale}")
     if isinstance(c.reward_scale, str):

@@ -10,7 +10,10 @@ every column shares away from the defaults are stated once above the table.
 A run's final score is its last evaluation's normalised score (mean over that evaluation's
 episodes); a cell is the mean +- std over the runs (seeds) of that configuration on that dataset,
 std with ddof=0. The coefficient (alpha for ASPC) is reported at the end of training the same way.
-Runs that did not finish are listed below the tables and left out of them. Datasets are grouped
+Runs that did not finish are listed below the tables and left out of them. A run without reference
+scores (its dataset has none and none were given) enters with its final raw return: its dataset's row
+says "return, not normalised" and stays out of the averages. ``ref=(min, max)`` (``report
+--ref-min-score/--ref-max-score``, optionally only for ``env_id``) normalises such runs' returns. Datasets are grouped
 by domain and ordered by data quality (random, medium-replay, medium, medium-expert, expert); with
 several domains each gets its own average row. ``per_seed=True`` adds every run's final score (and,
 for a learned coefficient, its end value and range over training) so disagreeing seeds show.
@@ -26,8 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .plotting import (GREEK, RunData, check_pool, describe_settings, find_runs, flat_settings, format_value,
-                       load_run_data, variant_labels)
+from .plotting import (GREEK, RunData, check_pool, describe_settings, find_runs, format_value, load_run_data,
+                       resolved_settings, variant_labels)
 
 __all__ = ["Cell", "collect_runs", "dataset_order", "quality_correlations", "report_markdown", "summarise"]
 
@@ -45,6 +48,7 @@ class Cell:
     coefs: list[float]
     coef_key: str
     runs: list[RunData]
+    raw: bool = False  # the values are raw returns (no reference scores), not normalised scores
 
     @property
     def seeds(self) -> list[int]:
@@ -88,29 +92,56 @@ def _final(run: RunData) -> tuple[float | None, float | None]:
     return score, coef
 
 
-def summarise(runs: Sequence[RunData], pool: Sequence[str] = ()) -> tuple[dict[tuple[str, str], Cell], list[str]]:
-    """Cells by (column label, dataset), and notes on runs left out or pooled."""
+def _final_return(run: RunData) -> float | None:
+    ret = run.summary.get("final_return")
+    if ret is None:
+        _, v = run.series("eval_return")
+        ret = float(v[-1]) if len(v) else None
+    return ret
+
+
+def summarise(runs: Sequence[RunData], pool: Sequence[str] = (), ref: tuple[float, float] | None = None,
+              ref_env: str | None = None) -> tuple[dict[tuple[str, str], Cell], list[str]]:
+    """Cells by (column label, dataset), and notes on runs left out or pooled.
+
+    A run without a normalised score enters with its raw final return (its cell has ``raw=True``), or
+    normalised with ``ref=(min, max)`` when given (only runs whose env is ``ref_env``, when that is given)."""
     cells: dict[tuple[str, str], Cell] = {}
     notes: list[str] = []
-    kept: list[tuple[RunData, float, float | None]] = []
+    kept: list[tuple[RunData, float, float | None, bool]] = []
     for run in runs:
         status = run.summary.get("status", "unknown (no summary.json)")
         if status != "finished":
             notes.append(f"`{run.path}`: left out, status {status} at step {run.summary.get('step', '?')}")
             continue
         score, coef = _final(run)
+        raw = False
         if score is None:
-            notes.append(f"`{run.path}`: left out, no normalised score (the dataset has no reference scores)")
-            continue
-        kept.append((run, score, coef))
-    labels, _ = variant_labels((r.config for r, _, _ in kept), pool)
-    for run, score, coef in kept:
+            ret = _final_return(run)
+            if ret is None:
+                notes.append(f"`{run.path}`: left out, no evaluation")
+                continue
+            env = run.summary.get("env_id") or run.config.get("env_id")
+            if ref is not None and (ref_env is None or env == ref_env):
+                score = 100.0 * (ret - ref[0]) / (ref[1] - ref[0])
+                notes.append(f"`{run.path}`: no reference scores of its own; normalised with --ref-min-score "
+                             f"{ref[0]:g} --ref-max-score {ref[1]:g}")
+            else:
+                score, raw = ret, True
+        kept.append((run, score, coef, raw))
+    labels, _ = variant_labels((r.config for r, _, _, _ in kept), pool)
+    for run, score, coef, raw in kept:
         label = labels[run.settings_key(pool)]
         cell = cells.setdefault((label, run.dataset), Cell(label, run.dataset, [], [], run.coef_key, []))
         cell.runs.append(run)
         cell.scores.append(float(score))
+        cell.raw = cell.raw or raw
         if coef is not None:
             cell.coefs.append(float(coef))
+    for cell in cells.values():
+        if cell.raw and any(_final(r)[0] is not None for r in cell.runs):  # some runs scored, some did not
+            cell.scores = [float(_final_return(r)) for r in cell.runs]
+            notes.append(f"{cell.algo} on {cell.dataset}: some runs have reference scores and some not; raw returns shown")
     for cell in cells.values():
         if len(set(cell.seeds)) < len(cell.seeds):
             notes.append(f"{cell.algo} on {cell.dataset}: several runs share a seed ({sorted(cell.seeds)})")
@@ -127,7 +158,7 @@ def _pooled_values(runs: Sequence[RunData], pool: Sequence[str]) -> dict[str, li
     """The pooled settings whose values differ among ``runs``, with those values."""
     out: dict[str, list[str]] = {}
     for name in pool:
-        values = sorted({format_value(f.get(name, f.get(f"agent.{name}"))) for f in (flat_settings(r.config) for r in runs)})
+        values = sorted({format_value(f.get(name, f.get(f"agent.{name}"))) for f in (resolved_settings(r.config) for r in runs)})
         if len(values) > 1:
             out[name] = values
     return out
@@ -144,14 +175,21 @@ def dataset_order(name: str) -> tuple[str, int, str]:
     return stem, len(QUALITY), name
 
 
+def _raw_datasets(cells: dict[tuple[str, str], Cell]) -> set[str]:
+    return {d for (_, d), c in cells.items() if c.raw}
+
+
 def _table(cells: dict[tuple[str, str], Cell], algos: list[str], datasets: list[str], what: str) -> list[str]:
     lines = ["| dataset | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
+    raw = _raw_datasets(cells) if what == "score" else set()
     for d in datasets:
         row = []
         for a in algos:
             c = cells.get((a, d))
             row.append("–" if c is None else (c.score_text if what == "score" else c.coef_text))
-        lines.append(f"| {d} | " + " | ".join(row) + " |")
+        name = f"{d} (return, not normalised)" if d in raw else d
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    datasets = [d for d in datasets if d not in raw]  # raw returns are not averaged with scores
     if what == "score" and len(datasets) > 1:
         domains: dict[str, list[str]] = {}
         for d in datasets:
@@ -280,17 +318,18 @@ def _quality_lines(cells: dict[tuple[str, str], Cell]) -> list[str]:
 
 
 def report_markdown(root: str | Path | Sequence[str | Path], title: str | None = None, per_seed: bool = False,
-                    pool: Sequence[str] = ()) -> str:
-    """The markdown report of every run under ``root``; ``pool``: settings to average over (see the module doc)."""
+                    pool: Sequence[str] = (), ref: tuple[float, float] | None = None, ref_env: str | None = None) -> str:
+    """The markdown report of every run under ``root``; ``pool``: settings to average over; ``ref``/``ref_env``:
+    reference scores for runs that have none (see the module doc)."""
     runs = collect_runs(root)
     check_pool(runs, pool)
-    cells, notes = summarise(runs, pool)
+    cells, notes = summarise(runs, pool, ref, ref_env)
     _, common = variant_labels((c.runs[0].config for c in cells.values()), pool)
     algos = sorted({a for a, _ in cells})
     datasets = sorted({d for _, d in cells}, key=dataset_order)
     lines = [f"# {title or 'Results'}", ""]
     if not cells:
-        lines.append("No finished runs with normalised scores.")
+        lines.append("No finished runs.")
     else:
         lines += [
             "A column is one configuration: runs are averaged only when all their settings except the seed agree "
@@ -300,7 +339,10 @@ def report_markdown(root: str | Path | Sequence[str | Path], title: str | None =
             + (f"; every column of a metaconstraint algorithm also has {describe_settings(common)}." if common else "."),
             "",
             "Final normalised score (last evaluation; mean ± std over seeds, n = number of seeds; 100 = the "
-            "dataset's expert reference, 0 = random):",
+            "dataset's expert reference, 0 = random"
+            + ("; a row marked 'return, not normalised' holds raw final returns: its dataset has no reference "
+               "scores (give them with --ref-min-score/--ref-max-score), and it is left out of the averages"
+               if _raw_datasets(cells) else "") + "):",
             "",
             *_table(cells, algos, datasets, "score"),
             "",

@@ -667,7 +667,15 @@ class Trainer:
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{c.algo} settings: {err}") from err
         t0 = time.perf_counter()
-        data = load(c.dataset, trust_env_spec=self.trust_env_spec)
+        env_id = c.env_id
+        if env_id is not None:  # config.yaml is a file: its env id names trusted code unless told otherwise
+            from .data.envspec import check_env_id
+
+            env_id = check_env_id(env_id, "the run's env_id setting", self.trust_env_spec)
+        data = load(c.dataset, env_id=env_id, trust_env_spec=self.trust_env_spec)
+        if c.ref_min_score is not None:
+            data.ref_min_score, data.ref_max_score = float(c.ref_min_score), float(c.ref_max_score)
+            data.notes.append(f"reference scores {c.ref_min_score} / {c.ref_max_score} from the run's settings")
         self.data = data
         from .evaluation import check_eval_env
 
@@ -676,7 +684,8 @@ class Trainer:
         except ValueError as err:
             raise RunError(
                 f"dataset {c.dataset}: {err}. Training would fail at its first evaluation, so it does not start "
-                "(a dataset names its env by an env_id attribute (HDF5/npz) or env_spec (Minari metadata))"
+                "(a dataset names its env by an env_id attribute (HDF5/npz) or env_spec (Minari metadata); "
+                "name it with --env-id, e.g. --env-id Hopper-v5)"
             ) from err
         self.normalizer = ObsNormalizer.from_transitions(data) if c.normalize_obs else ObsNormalizer.identity(data.obs_dim)
         sampler_seed = int(np.random.SeedSequence([c.seed, 0x5A4D]).generate_state(1)[0])
@@ -741,6 +750,10 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = dict(state["config"])
+        try:  # a checkpoint written before a setting existed lacks it: compare with that setting's default
+            saved = run_config_from_dict(saved).to_dict()
+        except ConfigError:
+            pass
         ours = self.config.to_dict()
         saved.pop("device", None)
         ours.pop("device", None)
