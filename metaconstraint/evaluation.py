@@ -11,8 +11,10 @@ What the policy sees: raw env observations, passed through ``normalizer`` when o
   ``(n_envs, act_dim)`` actions.
 
 Actions are clipped to the env's action space. Episode ``i`` always starts from
-``env.reset(seed=seed + i)``, so results do not depend on how many envs run side by side
-(``n_envs`` only batches the policy's forward passes: one call per step for all envs).
+``env.reset(seed=seed + i)`` whatever the number of envs run side by side (``n_envs`` only batches
+the policy's forward passes: one call per step for all envs). A policy that acts on each row alone
+gives identical returns for any ``n_envs``; a network's float32 forward pass may round differently
+for another batch size, so its returns agree to about 1e-7 relative, not bit for bit.
 
 Normalised score: ``100 * (return - ref_min) / (ref_max - ref_min)`` with D4RL's constants
 for D4RL dataset names and the dataset's ``ref_min_score`` / ``ref_max_score`` otherwise.

@@ -157,11 +157,17 @@ def test_a_second_run_into_the_same_directory_is_refused(runs, tiny_npz, capsys)
     assert code == 2 and "already holds a run; continue it with `metaconstraint train --resume" in err
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "collect", "plot", "report", "export"])
+@pytest.mark.parametrize("command", ["train", "eval", "collect", "plot", "report", "export", "sweep"])
 def test_help_of_every_command_shows_defaults(command, capsys):
     code, out, _ = main([command, "--help"], capsys)
     assert code == 0 and out.startswith("usage: metaconstraint " + command)
     assert "default" in out
+    # each option says its default once: no "(default: X) (default: X)", no "(default: None)"
+    options = re.split(r"\n  (?=-)", " ".join(out.split("\n\n")))
+    for text in options:
+        flat = " ".join(text.split())
+        assert flat.count("(default:") <= 1, flat
+        assert "(default: None)" not in flat and "(default: False)" not in flat, flat
     if command == "train":
         assert "(default: 12000 quick, 1000000 paper)" in out and "(default: aspc)" in out
 

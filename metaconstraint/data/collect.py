@@ -384,11 +384,17 @@ def _collect_from_args(args: argparse.Namespace, b: str, td3: TD3Config) -> Coll
     )
 
 
+def _help_formatter() -> type:
+    from ..cli import HelpFormatter  # "(default: X)" only where the help does not say it already
+
+    return HelpFormatter
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``collect`` sub-command to a CLI's ``add_subparsers()`` object (sets ``func=run``)."""
     p = subparsers.add_parser(
         "collect", help="write a Minari dataset (random / policy / TD3 expert, medium, medium-replay, medium-expert)",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0], formatter_class=_help_formatter(),
     )
     add_arguments(p)
     p.set_defaults(func=run)
