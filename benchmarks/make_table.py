@@ -93,6 +93,20 @@ def horizon_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def seeds_table(doc: dict[str, Any]) -> list[str]:
+    """Seed-updates per second of N vmapped seeds against the same N seeds one after another."""
+    lines = ["| algorithm | width | batch | N seeds | vmapped seed-updates/s | sequential | ratio |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(doc["rows"], key=lambda r: (r["algo"], r["width"], r["batch_size"], r["seeds"])):
+        q = r["ratio_spread"]
+        lines.append(
+            f"| {r['algo']} | {r['width']} | {r['batch_size']} | {r['seeds']} | {r['vmapped_seed_updates_per_s']:.1f} | "
+            f"{r['sequential_seed_updates_per_s']:.1f} | {r['ratio']:.2f} ({q['q1']:.2f}–{q['q3']:.2f}) |"
+        )
+    lines += ["", "Ratio: sequential time / vmapped time per round (paired, alternating); > 1: the vmapped "
+              "ensemble does more seed-updates per second."]
+    return lines
+
+
 def update_table(doc: dict[str, Any]) -> list[str]:
     rows = one_step_lookahead(doc)["rows"]
     ks = sorted({r["k_alpha"] for r in rows})
@@ -287,6 +301,8 @@ def build(results_dir: Path = RESULTS) -> list[Path]:
                 md += ["### Lookahead horizon, ASPC / TD3+BC at k_α = 10", ""] + horizons + [""]
         if "hypergrad" in docs:
             md += ["### Hypergradient backends", ""] + hypergrad_table(docs["hypergrad"]) + [""]
+        if "seeds" in docs:
+            md += ["### Several seeds in one process (vmap)", ""] + seeds_table(docs["seeds"]) + [""]
         if "peer" in docs:
             md += ["### Our TD3+BC vs d3rlpy TD3PlusBC", ""] + peer_table(docs["peer"]) + [""]
         targets = target_lines(docs)

@@ -11,6 +11,7 @@ from .a2pr import A2PR, A2PRConfig
 from .aspc import ASPC, ASPCConfig
 from .base import Agent
 from .cql import CQL, AdaptiveCQL, AdaptiveCQLConfig, CQLConfig
+from .ensemble import SeedEnsemble
 from .iql import IQL, AdaptiveIQL, AdaptiveIQLConfig, IQLConfig
 from .rebrac import AdaptiveReBRAC, AdaptiveReBRACConfig, ReBRAC, ReBRACConfig
 from .td3bc import TD3BC, TD3BCConfig
@@ -63,5 +64,5 @@ def make(
 __all__ = [
     "A2PR", "A2PRConfig", "ALGORITHMS", "ASPC", "ASPCConfig", "AdaptiveCQL", "AdaptiveCQLConfig", "AdaptiveIQL",
     "AdaptiveIQLConfig", "AdaptiveReBRAC", "AdaptiveReBRACConfig", "Agent", "CQL", "CQLConfig", "IQL", "IQLConfig",
-    "ReBRAC", "ReBRACConfig", "TD3BC", "TD3BCConfig", "WPC", "WPCConfig", "config_for", "make",
+    "ReBRAC", "ReBRACConfig", "SeedEnsemble", "TD3BC", "TD3BCConfig", "WPC", "WPCConfig", "config_for", "make",
 ]  # fmt: skip
