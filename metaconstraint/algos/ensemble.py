@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .. import hypergrad, optim
 from ..batch import Batch
-from ..constraint import CoefficientState, Terms, first_order_step
+from ..constraint import first_order_step
 
 SUPPORTED = ("td3bc", "aspc")
 
@@ -221,15 +221,7 @@ class SeedEnsemble:
         logs = {"critic_loss": critic.output.detach()}
         if not actor_step:
             return new, logs
-        q1_params = {k.removeprefix("q1."): v for k, v in critic.params.items() if k.startswith("q1.")}
-
-        def objective(params: dict[str, Tensor], alpha: Tensor) -> Terms:  # TD3BC.actor_objective
-            pi = functional_call(agent.actor, params, (s,))
-            q = functional_call(agent.critic.q1, q1_params, (s, pi))
-            lam = alpha / q.abs().mean().detach()
-            bc = (pi - a).pow(2).mean(dim=1)
-            return Terms(loss=-lam * q.mean() + bc.mean(), value=q.mean(), constraint=bc)
-
+        objective = agent.actor_objective(batch, critic_params=critic.params)
         if coef_step:
             new["coef"], result = agent.constraint.coefficient_step(
                 objective, state["actor"], agent.actor_opt, state["actor_opt"], state["coef"]

@@ -166,13 +166,21 @@ class TD3BC:
         self.critic_opt.step()
         return {"critic_loss": loss.detach()}
 
-    def actor_objective(self, batch: Batch):
-        """``objective(actor_params, alpha) -> Terms`` for this batch (the paper's actor loss)."""
+    def actor_objective(self, batch: Batch, critic_params: Mapping[str, Tensor] | None = None):
+        """``objective(actor_params, alpha) -> Terms`` for this batch (the paper's actor loss).
+
+        ``critic_params``: the critic's parameters to judge with, by name (default: the
+        critic's own; :class:`~metaconstraint.algos.ensemble.SeedEnsemble` passes each seed's).
+        """
         obs, act = batch.observations, batch.actions
+        q1 = self.critic.q1
+        q1_params = None if critic_params is None else {
+            k.removeprefix("q1."): v for k, v in critic_params.items() if k.startswith("q1.")
+        }  # fmt: skip
 
         def objective(params: Mapping[str, Tensor], alpha: Tensor) -> Terms:
             pi = functional_call(self.actor, params, (obs,))
-            q = self.critic.q1(obs, pi)
+            q = q1(obs, pi) if q1_params is None else functional_call(q1, q1_params, (obs, pi))
             lam = alpha / q.abs().mean().detach()
             bc = (pi - act).pow(2).mean(dim=1)
             return Terms(loss=-lam * q.mean() + bc.mean(), value=q.mean(), constraint=bc)
