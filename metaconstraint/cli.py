@@ -436,7 +436,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     meta = export_policy(args.run_dir, args.out, args.checkpoint)
     print(
         f"wrote {args.out}: {meta['algo']} policy for {meta['env_id']} (step {meta['step']}), raw observations in, "
-        f"actions out. Load with: torch.jit.load('{args.out}')"
+        f"actions out. Load with torch.jit.load('{args.out}') (tensors in, needs only torch) or "
+        f"metaconstraint.export.load_policy('{args.out}') (numpy or tensors in; no code from the file runs); "
+        f"record data with it: metaconstraint collect ENV_ID --behaviour policy --policy {args.out}"
     )
     return 0
 

@@ -7,25 +7,42 @@ The file maps *raw* environment observations to actions: the dataset's state nor
     policy = torch.jit.load("policy.pt")
     action = policy(torch.as_tensor(obs, dtype=torch.float32))   # (obs_dim,) or (batch, obs_dim)
 
-``metaconstraint.json`` inside the file (``torch.jit.load(path, _extra_files=...)``) records
-the algorithm, dataset, env id, training step and normalisation constants.
+TorchScript takes tensors only (a numpy array raises a type error), and the file's code is run
+by whoever loads it with ``torch.jit.load``. :func:`load_policy` is the other way in: it rebuilds
+the policy from plain data stored beside the code (``metaconstraint_policy.pt``, read with
+``torch.load(weights_only=True)``, so nothing in the file runs) and takes numpy arrays or tensors::
+
+    from metaconstraint.export import load_policy
+    policy = load_policy("policy.pt")
+    action = policy(obs)          # numpy in, numpy out; (obs_dim,) or (batch, obs_dim)
+
+``metaconstraint.json`` inside the file (``torch.jit.load(path, _extra_files=...)``, or
+:func:`read_metadata`) records the algorithm, dataset, env id, training step and normalisation
+constants. ``metaconstraint collect --policy policy.pt`` records data with such a file.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import torch
 from torch import Tensor, nn
 
 from .training import LoadedRun, RunError, load_run
 
-__all__ = ["ExportedPolicy", "export_policy", "policy_module"]
+__all__ = ["ExportedPolicy", "LoadedPolicy", "export_policy", "is_exported_policy", "load_policy", "policy_module",
+           "read_metadata"]
+
+PAYLOAD = "metaconstraint_policy.pt"  # plain data beside the TorchScript code: what load_policy rebuilds from
 
 
 class ExportedPolicy(nn.Module):
@@ -126,13 +143,17 @@ def export_policy(
         "obs_denominator": module.denom.tolist(),
         "checkpoint": str(run.checkpoint),
     }
+    payload = io.BytesIO()
+    torch.save({"format": meta["format"], "config": run.config.to_dict(), "env": dict(run.env),
+                "module": {k: v.detach().clone() for k, v in module.state_dict().items()}}, payload)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(scripted, str(tmp), _extra_files={"metaconstraint.json": json.dumps(meta)})
+            torch.jit.save(scripted, str(tmp), _extra_files={"metaconstraint.json": json.dumps(meta),
+                                                             PAYLOAD: payload.getvalue()})
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -149,3 +170,85 @@ def export_policy(
         if not torch.allclose(got, want, atol=1e-6, rtol=1e-5):
             raise RunError(f"the exported policy in {out} disagrees with the agent (max diff {(got - want).abs().max():.3g})")
     return meta
+
+
+# ----------------------------------------------------------------------------- loading without running the file's code
+def _extra(path: Path, name: str) -> bytes | None:
+    """An extra file of a TorchScript archive, read as a zip member (no TorchScript is loaded)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            hits = [n for n in z.namelist() if n.endswith(f"/extra/{name}")]
+            return z.read(hits[0]) if hits else None
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return None
+
+
+def is_exported_policy(path: str | os.PathLike) -> bool:
+    """True for a file written by :func:`export_policy` (one with the plain-data policy inside)."""
+    p = Path(path)
+    return p.is_file() and zipfile.is_zipfile(p) and _extra(p, PAYLOAD) is not None
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """``metaconstraint.json`` of an exported policy (algorithm, env id, step, normalisation, ...)."""
+    raw = _extra(Path(path), "metaconstraint.json")
+    if raw is None:
+        raise RunError(f"'{path}' is not a policy written by metaconstraint export (no metaconstraint.json inside)")
+    try:
+        meta = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RunError(f"'{path}': its metaconstraint.json is damaged: {err}") from err
+    if not isinstance(meta, dict):
+        raise RunError(f"'{path}': its metaconstraint.json is not a mapping")
+    return meta
+
+
+class LoadedPolicy:
+    """An exported policy as a callable: raw observations in (numpy or tensor, one or a batch), actions out
+    (numpy for numpy input, a tensor for tensor input). ``module`` is the :class:`ExportedPolicy`, ``meta`` the
+    file's metadata, ``env_id`` its env."""
+
+    def __init__(self, module: ExportedPolicy, meta: dict[str, Any]):
+        self.module = module.eval().requires_grad_(False)
+        self.meta = meta
+        self.env_id = meta.get("env_id")
+
+    @torch.no_grad()
+    def __call__(self, obs: Any) -> Any:
+        if isinstance(obs, Tensor):
+            return self.module(obs)
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+        return self.module(x).numpy()
+
+
+def load_policy(path: str | os.PathLike, device: str = "cpu") -> LoadedPolicy:
+    """The policy in a file written by :func:`export_policy`, rebuilt from the plain data stored in it
+    (``torch.load(weights_only=True)``; the file's TorchScript code is not loaded), as a callable that
+    takes numpy arrays or tensors."""
+    from . import algos
+    from .config import run_config_from_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"exported policy '{path}' does not exist")
+    raw = _extra(path, PAYLOAD)
+    if raw is None:
+        raise RunError(
+            f"'{path}' is not a policy written by this version of metaconstraint export (no {PAYLOAD} inside); "
+            "export it again with metaconstraint export --run-dir RUN --out FILE"
+        )
+    try:
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        config = run_config_from_dict(data["config"])
+        env = data["env"]
+        agent = algos.make(config.algo, int(env["obs_dim"]), int(env["act_dim"]), float(env["max_action"]),
+                           device="cpu", config=copy.deepcopy(config.agent))
+        act_dim = int(env["act_dim"])
+        module = ExportedPolicy(policy_module(agent, int(env["obs_dim"])).float(), torch.zeros(int(env["obs_dim"])),
+                                torch.ones(int(env["obs_dim"])), torch.zeros(act_dim), torch.zeros(act_dim))
+        module.load_state_dict(data["module"])
+    except RunError:
+        raise
+    except Exception as err:  # damaged or foreign content: one message, not a traceback
+        raise RunError(f"cannot rebuild the policy in '{path}': {type(err).__name__}: {err}") from err
+    return LoadedPolicy(module.to(device), read_metadata(path))

@@ -53,7 +53,9 @@ case "$target" in
     ;;&
   pendulum|all)
     for b in random medium medium-replay expert medium-expert; do
-      run "pendulum-$b" Pendulum-v1 --behaviour "$b" --steps "$PENDULUM_STEPS" "${PENDULUM_TD3[@]}" \
+      # random trains nothing by itself; --measure-ref-scores takes ref_max_score from the (cached) TD3 expert
+      measure=(); [ "$b" = random ] && measure=(--measure-ref-scores)
+      run "pendulum-$b" Pendulum-v1 --behaviour "$b" --steps "$PENDULUM_STEPS" "${PENDULUM_TD3[@]}" "${measure[@]}" \
         --behaviour-dir "$BEHAVIOUR_DIR" "$@"
     done
     ;;&

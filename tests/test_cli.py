@@ -293,6 +293,65 @@ def test_export_runs_in_plain_torch_and_matches_the_agent(runs, tmp_path, capsys
     assert np.abs(want).max() > 1e-3  # the policy is not trivially zero
 
 
+def test_an_exported_policy_takes_numpy_and_records_data_with_collect(runs, tmp_path, capsys):
+    """load_policy rebuilds the exported policy from plain data (numpy in, numpy out); collect --policy takes the file."""
+    import warnings
+
+    from metaconstraint.data import load
+    from metaconstraint.export import LoadedPolicy, load_policy
+
+    _, made = runs
+    out_file = tmp_path / "policy.pt"
+    assert main(["export", "--run-dir", made[("aspc", 0)], "--out", out_file], capsys)[0] == 0
+    policy = load_policy(out_file)
+    assert isinstance(policy, LoadedPolicy) and policy.env_id == "Pendulum-v1" and policy.meta["step"] == 200
+    obs = np.random.default_rng(1).uniform([-1, -1, -8], [1, 1, 8], size=(16, 3)).astype(np.float32)
+    got = policy(obs)
+    assert isinstance(got, np.ndarray) and got.shape == (16, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(out_file))
+    np.testing.assert_allclose(got, scripted(torch.as_tensor(obs)).numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(policy(obs[0].tolist()), got[0], rtol=0, atol=1e-6)  # one observation, a list
+    assert torch.is_tensor(policy(torch.as_tensor(obs)))
+    code, out, err = main(["collect", "Pendulum-v1", "--behaviour", "policy", "--policy", out_file, "--steps", 30,
+                           "--datasets-path", tmp_path / "minari", "--no-progress"], capsys)
+    assert code == 0, err
+    assert out.startswith("wrote metaconstraint/pendulum/policy-v0: 30 steps, 1 episodes")
+    t = load(tmp_path / "minari" / "metaconstraint/pendulum/policy-v0")
+    np.testing.assert_allclose(t.actions, policy(t.observations), rtol=0, atol=1e-6)
+
+
+def test_a_hostile_export_file_runs_no_code(tmp_path):
+    import os
+    import pickle
+    import warnings
+
+    from metaconstraint.export import PAYLOAD, load_policy
+    from metaconstraint.training import RunError
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    path = tmp_path / "evil.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(3, 1)), str(path),
+                       _extra_files={"metaconstraint.json": "{}", PAYLOAD: pickle.dumps(Evil())})
+    with pytest.raises(RunError, match="cannot rebuild the policy"):
+        load_policy(path)
+    assert not marker.exists()
+    plain = tmp_path / "plain.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(3, 1)), str(plain))
+    with pytest.raises(RunError, match="export it again"):
+        load_policy(plain)
+
+
 def test_export_traces_agents_whose_actor_is_not_the_policy():
     """A Gaussian-style actor returning (mean, log_std): export goes through act() and tracing."""
     from metaconstraint.export import ExportedPolicy, _AgentAct, policy_module

@@ -131,7 +131,7 @@ def test_policy_behaviour_and_expert_policy_reference(td3_run, tmp_path):
     res = collect(ENV_ID, "policy", policy=str(ckpt), steps=40, ref_episodes=5, expert_policy=str(ckpt),
                   datasets_path=tmp_path, progress=False)
     assert res.ref_max_score == pytest.approx(s["expert"]["return"])  # same episodes, same policy
-    with pytest.raises(ValueError, match="needs policy="):
+    with pytest.raises(ValueError, match=r"needs --policy \(policy=\)"):
         collect(ENV_ID, "policy", steps=10, datasets_path=tmp_path, progress=False)
     with pytest.raises(ValueError, match="unknown behaviour 'expertt'"):
         collect(ENV_ID, "expertt", steps=10, datasets_path=tmp_path, progress=False)
@@ -154,7 +154,7 @@ def test_policy_factory_spec_and_bad_checkpoint(tmp_path):
 
 def test_cli_main_and_register(tmp_path, capsys):
     rc = main([ENV_ID, "--behaviour", "random", "--steps", "45", "--no-ref-scores", "--no-progress",
-               "--datasets-path", str(tmp_path), "--dataset-id", "cli/reach-random-v0"])
+               "--datasets-path", str(tmp_path), "--dataset-id", "cli/reach-random-v0", "--json"])
     assert rc == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["steps"] == 45 and line["dataset_id"] == "cli/reach-random-v0" and line["ref_min_score"] is None
@@ -179,3 +179,53 @@ def test_greedy_policy_collect_has_no_terminals_and_loads_with_timeouts(tmp_path
 
 def _greedy_factory():
     return greedy_policy
+
+
+def test_random_trains_nothing_unless_asked_and_says_how_to_get_references(tmp_path, capsys, monkeypatch):
+    import metaconstraint.data.collect as collect_mod
+
+    def no_training(*a, **k):
+        raise AssertionError("random data must not train TD3")
+
+    monkeypatch.setattr(collect_mod, "train_behaviours", no_training)
+    rc = main([ENV_ID, "--steps", "60", "--no-progress", "--datasets-path", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("wrote metaconstraint/reach/random-v0: 60 steps, ") and "mean episode return" in lines[0]
+    assert lines[1] == f"  folder: {tmp_path / 'metaconstraint/reach/random-v0'}"
+    assert "none stored" in lines[2] and "--measure-ref-scores" in lines[2] and "--ref-max-score" in lines[2]
+    assert lines[-1].startswith(f"next: MINARI_DATASETS_PATH={tmp_path} metaconstraint data info metaconstraint/reach/random-v0")
+    t = data.load(tmp_path / "metaconstraint/reach/random-v0")
+    assert len(t) == 60 and t.ref_min_score is None and t.ref_max_score is None
+    # given references are stored, still without training
+    rc = main([ENV_ID, "--steps", "60", "--no-progress", "--datasets-path", str(tmp_path), "--dataset-id", "x/reach/r-v0",
+               "--ref-min-score", "-30", "--ref-max-score", "-2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "ref_min_score -30.0 (given), ref_max_score -2.0 (given)" in out
+    assert "(normalised score " in out.splitlines()[0]
+    # asked to measure: then (and only then) the trainer runs
+    monkeypatch.setattr(collect_mod, "train_behaviours", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("trained")))
+    rc = main([ENV_ID, "--steps", "60", "--no-progress", "--datasets-path", str(tmp_path), "--dataset-id", "x/reach/m-v0",
+               "--measure-ref-scores"])
+    assert rc == 2 and "trained" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--steps", "0"], "--steps"),
+    (["--noise", "-1"], "--noise"),
+    (["--ref-episodes", "0"], "--ref-episodes"),
+    (["--td3-steps", "0"], "--td3-steps"),
+    (["--td3-start-steps", "900", "--td3-steps", "500"], "--td3-start-steps (900) must be below --td3-steps (500)"),
+    (["--td3-hidden", "a,b"], "--td3-hidden"),
+    (["--medium-band", "0.6,0.5"], "--medium-band"),
+    (["--td3-reference", "5,1"], "--td3-reference"),
+    (["--behaviour", "policy"], "--behaviour policy needs --policy"),
+    (["--ref-min-score", "-3"], "--ref-min-score alone"),
+    (["--ref-max-score", "1", "--expert-policy", "x.pt"], "--ref-max-score or --expert-policy, not both"),
+])
+def test_collect_errors_name_the_flag(argv, flag, tmp_path, capsys):
+    rc = main([ENV_ID, "--no-progress", "--datasets-path", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and flag in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -92,6 +92,7 @@ def test_readme_python_block_runs(block, capsys, tmp_path, monkeypatch):
         if line in block:
             block = block.replace(old, new)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))  # blocks that write datasets write here
     dtype = torch.get_default_dtype()
     try:
         exec(compile(block, "README.md", "exec"), {"__name__": "readme_block"})

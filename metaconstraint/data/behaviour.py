@@ -281,11 +281,11 @@ def train_behaviours(
     if r_expert <= r_random:
         raise RuntimeError(
             f"TD3 on {env_id} did not beat the random policy (expert {r_expert:.1f} <= random {r_random:.1f}); "
-            "raise total_steps"
+            "raise the step budget (--td3-steps; TD3Config.total_steps)"
         )
     zero, one = cfg.reference if cfg.reference is not None else (r_random, r_expert)
     if one <= zero:
-        raise ValueError(f"TD3Config.reference must be (low, high) with high > low, got {cfg.reference}")
+        raise ValueError(f"--td3-reference (TD3Config.reference) must be low,high with high > low, got {cfg.reference}")
 
     def score(ret: float) -> float:
         return (ret - zero) / (one - zero)

@@ -4,9 +4,14 @@ Behaviours: ``random``; ``policy`` (a saved checkpoint, ``--policy``); and, from
 online TD3 trainer (:mod:`metaconstraint.data.behaviour`), ``expert``, ``medium``,
 ``medium-replay`` (the trainer's replay buffer up to the medium point) and ``medium-expert``
 (medium then expert episodes: exactly the medium and expert datasets of the same seed, joined).
-Every dataset is written by ``minari.DataCollector`` and stores ``ref_min_score`` (mean
-return of the random policy) and ``ref_max_score`` (mean return of the TD3 expert, or
-``--expert-policy``, or given numbers) over ``--ref-episodes`` episodes.
+Every dataset is written by ``minari.DataCollector`` (through :class:`metaconstraint.data.Collector`,
+which needs no jax) and stores ``ref_min_score`` (mean return of the random policy) and
+``ref_max_score`` (mean return of the TD3 expert, or ``--expert-policy``, or given numbers) over
+``--ref-episodes`` episodes. ``random`` and ``policy`` train nothing: their ``ref_max_score`` comes
+from ``--ref-max-score`` or ``--expert-policy``, from the TD3 run when a TD3 behaviour is collected
+in the same call, or from a TD3 expert trained on request (``--measure-ref-scores``); otherwise the
+dataset stores no reference scores (Minari keeps them as a pair) and the summary says how to get
+them.
 
 Python::
 
@@ -59,6 +64,7 @@ class CollectResult:
     size_bytes: int
     return_mean: float
     behaviour: dict[str, Any]
+    ref_note: str = ""  # where the reference scores came from, or how to get them
 
 
 def default_behaviour_root() -> Path:
@@ -163,6 +169,7 @@ def collect(
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
     expert_policy: str | os.PathLike | None = None,
+    measure_ref_scores: bool = False,
     overwrite: bool = False,
     datasets_path: str | os.PathLike | None = None,
     progress: bool = True,
@@ -176,18 +183,36 @@ def collect(
     ``medium-replay`` (the replay buffer up to the medium point, whatever its length) and
     ``medium-expert`` (``steps`` of each). Reproducible: the same arguments give the same data.
     ``compact`` rewrites the HDF5 file unchunked (about 3x smaller for short episodes; used for
-    the shipped dataset).
+    the shipped dataset). ``measure_ref_scores``: for ``random`` and ``policy``, train (or reuse)
+    the TD3 expert to measure ``ref_max_score`` when neither it nor ``expert_policy`` is given.
+    Errors name the command-line flag of the argument at fault.
     """
     if behaviour not in BEHAVIOURS:
-        raise ValueError(f"unknown behaviour '{behaviour}'; choose one of {', '.join(BEHAVIOURS)}")
+        raise ValueError(f"unknown behaviour '{behaviour}' (--behaviour); choose one of {', '.join(BEHAVIOURS)}")
     if behaviour == "policy" and policy is None:
-        raise ValueError("behaviour 'policy' needs policy= (a checkpoint path or 'module:factory')")
+        raise ValueError("behaviour 'policy' needs --policy (policy=): a policy file written by `metaconstraint export`, "
+                         "a policy checkpoint, or 'module:factory'")
     if steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
+        raise ValueError(f"--steps (steps) must be positive, got {steps}")
     if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+        raise ValueError(f"--noise (noise) must be >= 0, got {noise}")
     if ref_episodes <= 0:
-        raise ValueError(f"ref_episodes must be positive, got {ref_episodes}")
+        raise ValueError(f"--ref-episodes (ref_episodes) must be positive, got {ref_episodes}")
+    if ref_max_score is not None and expert_policy is not None:
+        raise ValueError("give --ref-max-score or --expert-policy, not both (both set ref_max_score)")
+    if ref_min_score is not None and ref_max_score is not None and ref_max_score <= ref_min_score:
+        raise ValueError(f"--ref-max-score ({ref_max_score}) must be above --ref-min-score ({ref_min_score})")
+    for name, value in (("--td3-steps", td3.total_steps if td3 else 1), ("--td3-batch-size", td3.batch_size if td3 else 1),
+                        ("--td3-eval-every", td3.eval_every if td3 else 1), ("--td3-eval-episodes", td3.eval_episodes if td3 else 1),
+                        ("--td3-confirm-episodes", td3.confirm_episodes if td3 else 1)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if td3 is not None and (td3.lr <= 0 or not all(h > 0 for h in td3.hidden) or td3.start_steps < 0):
+        raise ValueError(f"--td3-lr must be > 0, --td3-hidden sizes >= 1 and --td3-start-steps >= 0; got {td3.lr}, "
+                         f"{','.join(map(str, td3.hidden))} and {td3.start_steps}")
+    if td3 is not None and td3.start_steps >= td3.total_steps:
+        raise ValueError(f"--td3-start-steps ({td3.start_steps}) must be below --td3-steps ({td3.total_steps}): TD3 "
+                         "would never learn")
     import minari
 
     td3 = td3 or TD3Config()
@@ -200,8 +225,14 @@ def collect(
         low, high = space.low.astype(np.float32), space.high.astype(np.float32)
 
         needs_trainer = behaviour in TD3_BEHAVIOURS or (
-            ref_scores and ref_max_score is None and expert_policy is None
+            ref_scores and measure_ref_scores and ref_max_score is None and expert_policy is None
         )
+        knows_max = ref_max_score is not None or expert_policy is not None or needs_trainer
+        if ref_scores and not knows_max and ref_min_score is not None:
+            raise ValueError(
+                "--ref-min-score alone cannot be stored: Minari keeps reference scores as a pair; add --ref-max-score, "
+                "--expert-policy or --measure-ref-scores"
+            )
         summary, rdir = None, None
         if needs_trainer:
             rdir = run_dir(behaviour_dir or default_behaviour_root(), env_id, seed, td3)
@@ -210,7 +241,7 @@ def collect(
         t0 = time.perf_counter()
         ref_seed = 20_000_000 + seed * 1000  # the same episodes the trainer's references used
         lo = hi = None
-        if ref_scores:
+        if ref_scores and knows_max:
             if ref_min_score is not None:
                 lo = float(ref_min_score)
             elif summary is not None and summary["ref_episodes"] == ref_episodes:
@@ -224,6 +255,8 @@ def collect(
             else:
                 assert summary is not None
                 hi = float(summary["expert"]["return"])
+        ref_note = _ref_note(ref_scores, lo, hi, ref_min_score, ref_max_score, expert_policy, summary, env_id, td3,
+                             ref_episodes)
 
         info: dict[str, Any] = {"behaviour": behaviour, "seed": seed, "noise": noise, "env_id": env_id}
         if summary is not None:
@@ -257,9 +290,10 @@ def collect(
             algo = "uniform random" if behaviour == "random" else (
                 f"policy checkpoint {policy}" if behaviour == "policy" else f"TD3 behaviour ({behaviour})")
             text = description or (
-                f"{behaviour} data on {env_id} collected by metaconstraint (seed {seed}, Gaussian action noise {noise}); "
-                f"ref_min_score: random policy, ref_max_score: "
-                f"{'given' if ref_max_score is not None else 'expert policy'} over {ref_episodes} episodes."
+                f"{behaviour} data on {env_id} collected by metaconstraint (seed {seed}, Gaussian action noise {noise}). "
+                + (f"ref_min_score: {'given' if ref_min_score is not None else 'random policy'}, ref_max_score: "
+                   f"{'given' if ref_max_score is not None else 'expert policy'} over {ref_episodes} episodes."
+                   if hi is not None else "No reference scores.")
             )
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"`(code_permalink|author_email)` is set to None")
@@ -267,7 +301,7 @@ def collect(
                     eval_env=env_id, algorithm_name=algo, author=author, description=text,
                     num_episodes_average_score=ref_episodes,
                 )
-                if ref_scores:
+                if hi is not None:
                     kwargs.update(ref_min_score=lo, ref_max_score=hi)
                 if overwrite:
                     _remove_old(target)
@@ -287,8 +321,31 @@ def collect(
         return CollectResult(
             dataset_id=dataset_id, path=str(target), episodes=ds.total_episodes, steps=ds.total_steps,
             ref_min_score=lo, ref_max_score=hi, wall_s=wall, size_bytes=size, return_mean=float(np.mean(returns)),
-            behaviour=info,
+            behaviour=info, ref_note=ref_note,
         )
+
+
+def _ref_note(ref_scores: bool, lo: float | None, hi: float | None, given_lo: float | None, given_hi: float | None,
+              expert_policy: Any, summary: Any, env_id: str, td3: TD3Config, episodes: int) -> str:
+    """Where the stored reference scores came from, or how to get them (one sentence)."""
+    if not ref_scores:
+        return "none stored (--no-ref-scores)"
+    if hi is None:
+        return (
+            "none stored: the expert return is unknown and random data trains nothing. Give --ref-max-score R "
+            "(and --ref-min-score), or --expert-policy FILE, or --measure-ref-scores (trains a TD3 expert first: "
+            f"--td3-steps {td3.total_steps:,}; 20,000 steps of 64-wide TD3 on Pendulum-v1 took 1.5-7 min on 2 CPU "
+            "cores, MuJoCo needs hours; cached for later calls); or score runs later with train/report "
+            "--ref-min-score/--ref-max-score"
+        )
+    where_lo = "given" if given_lo is not None else f"random policy over {episodes} episodes"
+    if given_hi is not None:
+        where_hi = "given"
+    elif expert_policy is not None:
+        where_hi = f"--expert-policy over {episodes} episodes"
+    else:
+        where_hi = f"the TD3 expert (step {summary['expert']['step']}) over {episodes} episodes"
+    return f"ref_min_score {lo:.1f} ({where_lo}), ref_max_score {hi:.1f} ({where_hi})"
 
 
 # ---------------------------------------------------------------------------- command line
@@ -310,7 +367,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref-min-score", type=float, help="use this ref_min_score instead of the random policy's return")
     p.add_argument("--ref-max-score", type=float, help="use this ref_max_score instead of the expert's return")
     p.add_argument("--expert-policy", help="checkpoint whose mean return becomes ref_max_score")
-    p.add_argument("--no-ref-scores", action="store_true", help="store no reference scores (no TD3 run for 'random')")
+    p.add_argument("--no-ref-scores", action="store_true", help="store no reference scores")
+    p.add_argument("--measure-ref-scores", action="store_true",
+                   help="random/policy: train (or reuse) the TD3 expert to measure ref_max_score (default: random and "
+                        "policy train nothing and store no reference scores unless --ref-max-score or --expert-policy "
+                        "is given or a TD3 behaviour is collected in the same call)")
+    p.add_argument("--json", action="store_true", help="print one JSON line per dataset instead of the summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--author", default="metaconstraint")
     p.add_argument("--description")
@@ -332,12 +394,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _td3_from_args(args: argparse.Namespace) -> TD3Config:
-    band = tuple(float(x) for x in args.medium_band.split(","))
+    try:
+        band = tuple(float(x) for x in args.medium_band.split(","))
+    except ValueError:
+        band = ()
     if len(band) != 2 or not 0 <= band[0] < band[1] <= 1:
-        raise SystemExit(f"--medium-band must be two fractions lo,hi with 0 <= lo < hi <= 1, got {args.medium_band!r}")
+        raise ValueError(f"--medium-band must be two fractions lo,hi with 0 <= lo < hi <= 1, got {args.medium_band!r}")
+    try:
+        hidden = tuple(int(x) for x in args.td3_hidden.split(","))
+    except ValueError:
+        raise ValueError(f"--td3-hidden must be layer sizes like 128,128, got {args.td3_hidden!r}") from None
     return TD3Config(
         total_steps=args.td3_steps, start_steps=args.td3_start_steps,
-        hidden=tuple(int(x) for x in args.td3_hidden.split(",")), batch_size=args.td3_batch_size, lr=args.td3_lr,
+        hidden=hidden, batch_size=args.td3_batch_size, lr=args.td3_lr,
         eval_every=args.td3_eval_every, eval_episodes=args.td3_eval_episodes,
         confirm_episodes=args.td3_confirm_episodes, stop_return=args.td3_stop_return,
         medium_band=band, medium_target=sum(band) / 2, reference=_pair(args.td3_reference, "--td3-reference"),
@@ -350,37 +419,70 @@ def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
     try:
         lo, hi = (float(x) for x in text.split(","))
     except ValueError:
-        raise SystemExit(f"{flag} must be two numbers 'low,high', got {text!r}") from None
+        raise ValueError(f"{flag} must be two numbers 'low,high', got {text!r}") from None
     if hi <= lo:
-        raise SystemExit(f"{flag} needs high > low, got {text!r}")
+        raise ValueError(f"{flag} needs high > low, got {text!r}")
     return lo, hi
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``collect`` for every requested behaviour; prints one JSON line per dataset."""
+    """Run ``collect`` for every requested behaviour; prints a summary per dataset (``--json``: one JSON line)."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
-    if args.dataset_id and len(args.behaviour) > 1:
-        raise SystemExit("--dataset-id names one dataset; give a single --behaviour with it")
-    td3 = _td3_from_args(args)
-    for b in args.behaviour:
-        try:
-            res = _collect_from_args(args, b, td3)
-        except (ValueError, FileExistsError, FileNotFoundError) as err:  # user errors: a message, not a traceback
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(json.dumps(dataclasses.asdict(res)), flush=True)
+    try:
+        if args.dataset_id and len(args.behaviour) > 1:
+            raise ValueError("--dataset-id names one dataset; give a single --behaviour with it")
+        if "policy" in args.behaviour and args.policy is None:
+            raise ValueError("--behaviour policy needs --policy: a file written by `metaconstraint export`, a policy "
+                             "checkpoint, or 'module:factory'")
+        if args.policy is not None and "policy" not in args.behaviour:
+            raise ValueError("--policy is the behaviour of --behaviour policy; add it (or drop --policy)")
+        td3 = _td3_from_args(args)
+        # random/policy next to a TD3 behaviour: the TD3 run is there anyway, so its expert gives ref_max_score
+        with_td3 = any(b in TD3_BEHAVIOURS for b in args.behaviour)
+        results = []
+        for b in args.behaviour:
+            res = _collect_from_args(args, b, td3, measure=args.measure_ref_scores or with_td3)
+            results.append(res)
+            print(json.dumps(dataclasses.asdict(res)) if args.json else summary_text(res), flush=True)
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:  # a message, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.json and results:
+        ids = " ".join(r.dataset_id for r in results)
+        root = f"MINARI_DATASETS_PATH={args.datasets_path} " if args.datasets_path else ""
+        print(f"next: {root}metaconstraint data info {results[0].dataset_id} | "
+              f"{root}metaconstraint train --dataset {results[0].dataset_id}" + (f"   (all: {ids})" if len(results) > 1 else ""))
     return 0
 
 
-def _collect_from_args(args: argparse.Namespace, b: str, td3: TD3Config) -> CollectResult:
+def summary_text(res: CollectResult) -> str:
+    """A few readable lines about a written dataset (what ``collect`` prints)."""
+    score = ""
+    if res.ref_min_score is not None and res.ref_max_score is not None and res.ref_max_score != res.ref_min_score:
+        score = f" (normalised score {100 * (res.return_mean - res.ref_min_score) / (res.ref_max_score - res.ref_min_score):.1f})"
+    td3 = res.behaviour.get("td3")
+    lines = [
+        f"wrote {res.dataset_id}: {res.steps:,} steps, {res.episodes:,} episodes, mean episode return "
+        f"{res.return_mean:.1f}{score}, {res.size_bytes / 1e6:.1f} MB, {res.wall_s:.0f} s",
+        f"  folder: {res.path}",
+        f"  reference scores: {res.ref_note}",
+    ]
+    if td3:
+        lines.append(f"  TD3 behaviour run {td3['run']}: medium = step {td3['medium_step']} (return "
+                     f"{td3['medium_return']:.1f}), expert = step {td3['expert_step']} (return {td3['expert_return']:.1f})")
+    return "\n".join(lines)
+
+
+def _collect_from_args(args: argparse.Namespace, b: str, td3: TD3Config, measure: bool = False) -> CollectResult:
     return collect(
         args.env_id, b, dataset_id=args.dataset_id, steps=args.steps, seed=args.seed, noise=args.noise,
         policy=args.policy, td3=td3, behaviour_dir=args.behaviour_dir, ref_episodes=args.ref_episodes,
         ref_scores=not args.no_ref_scores, ref_min_score=args.ref_min_score, ref_max_score=args.ref_max_score,
-        expert_policy=args.expert_policy, overwrite=args.overwrite, datasets_path=args.datasets_path,
-        progress=not args.no_progress, author=args.author, description=args.description, compact=args.compact,
+        expert_policy=args.expert_policy, measure_ref_scores=measure, overwrite=args.overwrite,
+        datasets_path=args.datasets_path, progress=not args.no_progress, author=args.author,
+        description=args.description, compact=args.compact,
     )
 
 

@@ -107,9 +107,10 @@ def save_policy(policy: ActorPolicy, path: str | Path) -> Path:
 
 
 def load_policy(spec: str | Path) -> Policy:
-    """A policy from a checkpoint file, or from ``"package.module:factory"``.
+    """A policy from a checkpoint file, a file written by ``metaconstraint export``, or ``"package.module:factory"``.
 
-    A checkpoint is the format in this module's docstring. ``module:factory`` imports
+    A checkpoint is the format in this module's docstring; an exported policy is rebuilt from the
+    plain data stored in it (:func:`metaconstraint.export.load_policy`). ``module:factory`` imports
     ``factory`` and calls it with no arguments; it must return a callable on raw
     observation batches (this is how other kinds of checkpoints plug in).
     """
@@ -127,6 +128,15 @@ def load_policy(spec: str | Path) -> Policy:
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"policy checkpoint '{path}' does not exist")
+    from ..export import is_exported_policy, load_policy as load_exported
+
+    if is_exported_policy(path):  # written by `metaconstraint export`: rebuilt from its plain data, no code runs
+        from ..training import RunError
+
+        try:
+            return load_exported(path)
+        except RunError as err:
+            raise ValueError(str(err)) from err
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt files
@@ -135,7 +145,8 @@ def load_policy(spec: str | Path) -> Policy:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(
             f"'{path}' is not a metaconstraint policy checkpoint (format {found!r}, expected "
-            f"{POLICY_FORMAT!r}); pass 'module:factory' for other kinds of policies"
+            f"{POLICY_FORMAT!r}); pass a file written by `metaconstraint export`, or 'module:factory' for other kinds "
+            "of policies"
         )
     actor = Actor(ckpt["obs_dim"], ckpt["act_dim"], 1.0, hidden=tuple(ckpt["hidden"]))
     actor.load_state_dict(ckpt["actor"])
