@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   metaconstraint report runs/
   metaconstraint sweep --algo aspc --seeds 0-2 --set alpha_lr=2e-3,0.25 --out runs/sweep   # 6 runs on Ray
   metaconstraint export --run-dir runs/td3bc-s1 --out policy.pt
+  metaconstraint data info my_robot_log.hdf5             # sizes, returns, reference scores, env of a dataset
 """
 
 
@@ -228,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "reference scores)")
     r.set_defaults(func=cmd_report)
 
+    d = sub.add_parser("data", help="inspect a dataset: data info ID_OR_PATH",
+                       description="Inspect datasets without training on them.")
+    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    di = dsub.add_parser("info", help="sizes, returns, reference scores and env of a dataset", formatter_class=HelpFormatter,
+                         description="What a dataset holds: transitions, episodes, lengths, returns, reference scores "
+                                     "(and the data's normalised score), the evaluation env, and what the loader noted.")
+    di.add_argument("dataset", metavar="ID_OR_PATH",
+                    help="built-in name, local Minari id or folder, D4RL-format .hdf5, or .npz")
+    di.add_argument("--env-id", metavar="ENV_ID", help="the env to check the data against, when it names none")
+    di.add_argument("--json", action="store_true", help="print the summary as JSON")
+    di.add_argument("--trust-env-spec", action="store_true",
+                    help="build the dataset's env spec even if it names code outside installed, trusted environment packages")
+    di.set_defaults(func=cmd_data_info)
+    d.set_defaults(func=lambda args: _fail("data takes a subcommand: metaconstraint data info ID_OR_PATH"))
+
     from .sweep import add_parser as add_sweep
 
     add_sweep(sub)
@@ -427,6 +443,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(text, end="")
     if args.out:
         Path(args.out).write_text(text)
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .data.info import dataset_info, info_text
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = dataset_info(args.dataset, env_id=args.env_id, trust_env_spec=args.trust_env_spec)
+    for w in caught:  # loader warnings are part of what the data holds: shown as notes
+        text = str(w.message)
+        if text not in info["notes"]:
+            info["notes"].append(text)
+    print(json.dumps(info) if args.json else info_text(info))
     return 0
 
 

@@ -163,3 +163,44 @@ def test_a_run_written_before_env_id_existed_still_resumes(own_runs, tmp_path, c
     code, out, err = main(["train", "--resume", old], capsys)
     assert code == 0, err
     assert "already finished at step 100" in out
+
+
+def test_data_info_on_a_builtin_name_an_hdf5_without_env_and_an_npz(own_hdf5, tmp_path, capsys):
+    from metaconstraint.data import load, save_npz
+
+    code, out, _ = main(["data", "info", "pendulum-medium"], capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "pendulum-medium (metaconstraint/pendulum/medium-v0): built-in Minari dataset, 2.3 MB"
+    assert lines[1] == "  50,000 transitions in 250 episodes (length 200-200, mean 200.0); 0 terminals, 250 timeouts"
+    assert "normalised score 38.9" in lines[3] and "evaluation env: Pendulum-v1" in out
+    # own HDF5: no env, no references; the numbers are the data's
+    t = load(own_hdf5)
+    rets = t.episode_returns()
+    code, out, _ = main(["data", "info", own_hdf5, "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0 and info["kind"] == "D4RL-format HDF5 file" and info["env_id"] is None
+    assert (info["transitions"], info["episodes"]) == (len(t), 3) and info["return"]["mean"] == pytest.approx(rets.mean())
+    assert info["ref_min_score"] is None and info["normalised_score"] is None
+    code, out, _ = main(["data", "info", own_hdf5], capsys)
+    assert "evaluation env: none named (give train --env-id" in out and "reference scores: none" in out
+    # with an env named on the command line, and an npz carrying references
+    code, out, _ = main(["data", "info", own_hdf5, "--env-id", "Pendulum-v1"], capsys)
+    assert "evaluation env: Pendulum-v1" in out
+    t.env_id, t.ref_min_score, t.ref_max_score = "Pendulum-v1", -1200.0, -150.0
+    npz = save_npz(t, tmp_path / "with_refs.npz")
+    code, out, _ = main(["data", "info", npz, "--json"], capsys)
+    info = json.loads(out)
+    assert info["kind"] == "npz file" and info["normalised_score"] == pytest.approx(100 * (rets.mean() + 1200) / 1050)
+    code, _, err = main(["data", "info", tmp_path / "nothing.npz"], capsys)
+    assert code == 2 and "does not exist" in err
+    code, _, err = main(["data"], capsys)
+    assert code == 2 and "data info ID_OR_PATH" in err
+
+
+def test_transitions_repr_is_one_short_line(own_hdf5):
+    from metaconstraint.data import load
+
+    t = load(own_hdf5, env_id="Pendulum-v1")
+    text = repr(t)
+    assert text == f"Transitions({str(own_hdf5)!r}: 600 transitions, 3 episodes, obs_dim 3, act_dim 1, env Pendulum-v1)"
+    assert "\n" not in text and str(t) == text

@@ -56,6 +56,12 @@ class Transitions:
     notes: list[str] = field(default_factory=list)  # everything the loader changed or inferred
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # short: the arrays are in the fields, summary() has the returns
+        refs = (f", ref scores {self.ref_min_score:g}/{self.ref_max_score:g}"
+                if self.ref_min_score is not None and self.ref_max_score is not None else "")
+        return (f"Transitions({self.source or 'arrays'!r}: {len(self):,} transitions, {self.num_episodes:,} episodes, "
+                f"obs_dim {self.obs_dim}, act_dim {self.act_dim}, env {self.env_id}{refs})")
+
     # ------------------------------------------------------------------ sizes and spaces
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
