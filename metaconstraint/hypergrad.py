@@ -60,7 +60,7 @@ from torch import Tensor
 from torch.func import grad, jvp, vjp
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from .optim import GradientTransformation, Params, State, apply_updates, check_state, check_tree, detach_state
+from .optim import GradientTransformation, Params, State, apply_updates, check_state, check_tree, step_count
 
 InnerFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Any]
 OuterFn = Callable[["Trajectory", Mapping[str, Tensor]], Any]
@@ -456,7 +456,7 @@ def _unroll_higher(inner, outer, prefix, hparams, opt, steps):
         param = torch.nn.Parameter(p_start[n].detach().clone())
         holder.register_parameter(f"p{i}", param)
         torch_params.append(param)
-    count0 = _chain_count(s_start)
+    count0 = step_count(s_start)
     topt = te.build(torch_params, names, s_start)
     iterates, states = list(iterates0), list(states0)
     with torch.enable_grad(), higher.innerloop_ctx(holder, topt, copy_initial_weights=False) as (fmodel, diffopt):
@@ -480,12 +480,6 @@ def _zeros_for_unused(fast: Params, names: list[str]):
         return [torch.zeros_like(fast[n]) if g is None else g for n, g in zip(names, all_grads)]
 
     return callback
-
-
-def _chain_count(state: State) -> int:
-    leaves, _ = tree_flatten(state)
-    ints = [x for x in leaves if isinstance(x, int)]
-    return max(ints) if ints else 0
 
 
 class _ParamHolder(torch.nn.Module):

@@ -60,6 +60,8 @@ __all__ = [
     "exponential_decay",
     "check_tree",
     "check_state",
+    "step_count",
+    "upgrade_legacy_state",
 ]
 
 
@@ -279,8 +281,12 @@ def _float(x: Scalar) -> float:
     return float(x.detach()) if isinstance(x, Tensor) else float(x)
 
 
-def _count(state: State) -> int:
-    return int(state[-1]["count"])  # scale_by_learning_rate's count, the chain's last state
+def step_count(state: State) -> int:
+    """How many updates a chain's state has seen: the count of its last transform that keeps one."""
+    for s in reversed(state if isinstance(state, tuple) else (state,)):
+        if isinstance(s, Mapping) and "count" in s:
+            return int(s["count"])
+    raise ValueError("this optimizer state keeps no step count (no scale_by_adam / scale_by_learning_rate in the chain)")
 
 
 def adam(
@@ -295,7 +301,7 @@ def adam(
     opt = chain(add_decayed_weights(weight_decay), scale_by_adam(b1, b2, eps, eps_root), scale_by_learning_rate(lr))
 
     def build(torch_params: list[Tensor], names: list[str], state: State) -> torch.optim.Optimizer:
-        count = _count(state)
+        count = step_count(state)
         topt = torch.optim.Adam(torch_params, lr=0.0, betas=(_float(b1), _float(b2)), eps=_float(eps))
         for p, n in zip(torch_params, names):
             topt.state[p] = {"step": count, "exp_avg": state[1]["mu"][n].detach().clone(),
@@ -326,7 +332,7 @@ def sgd(lr: LearningRate = 1e-2, momentum: Scalar = 0.0, weight_decay: Scalar = 
 
     def build(torch_params: list[Tensor], names: list[str], state: State) -> torch.optim.Optimizer:
         topt = torch.optim.SGD(torch_params, lr=0.0, momentum=_float(momentum) if has_trace else 0.0)
-        if has_trace and _count(state) > 0:
+        if has_trace and step_count(state) > 0:
             for p, n in zip(torch_params, names):
                 topt.state[p] = {"momentum_buffer": state[1]["trace"][n].detach().clone()}
         return topt

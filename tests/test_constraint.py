@@ -15,7 +15,6 @@ from metaconstraint.constraint import (
     AdaptiveConstraint,
     AdaptiveConstraintConfig,
     ASPCOuter,
-    CoefficientState,
     OuterObjective,
     Terms,
 )
@@ -90,7 +89,7 @@ def test_longer_horizon_changes_the_hypergradient_but_not_the_training_step():
         con.config.horizon = k
         new, step = con.coefficient_step(*args, con.state)
         out[k] = (new, step)
-    (n1, s1), (n5, s5) = out[1], out[5]
+    (_, s1), (_, s5) = out[1], out[5]
     assert float(s1.logs["hypergrad"]) != pytest.approx(float(s5.logs["hypergrad"]), rel=1e-3)
     for k in s1.params:  # training continues from the one real step in both cases
         assert torch.equal(s1.params[k], s5.params[k])

@@ -148,7 +148,7 @@ def test_backends_agree(opt_name, steps, given_state):
             assert rel_err(res[b].params[i], ref.params[i]) <= 1e-12
         for x, y in zip(tensors(res[b].opt_state[-1]), tensors(ref.opt_state[-1])):
             assert torch.allclose(x, y, rtol=1e-10, atol=1e-300), b
-        assert optim._count(res[b].opt_state[-1]) == steps + (2 if given_state else 0)
+        assert optim.step_count(res[b].opt_state[-1]) == steps + (2 if given_state else 0)
 
 
 def test_given_opt_state_is_used():

@@ -102,7 +102,7 @@ class AdaptiveCoefficient:
     @property
     def num_updates(self) -> int:
         """Coefficient updates done so far."""
-        return int(self.opt_state[-1]["count"])
+        return optim.step_count(self.opt_state)
 
     @property
     def lr(self) -> float:
