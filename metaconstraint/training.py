@@ -336,11 +336,34 @@ def check_device(name: str) -> torch.device:
 EVAL_COLUMNS = ("eval_score", "eval_score_std", "eval_return", "eval_return_std")
 
 
-class MetricsLog:
-    """``metrics.csv`` + ``metrics.jsonl`` (+ TensorBoard when installed), one row per logged step."""
+def tensorboard_tag(key: str, coef_key: str | None = None) -> str:
+    """The TensorBoard tag of a metrics column: ``eval/score`` for ``eval_score``, ``coef/alpha`` for the
+    constraint coefficient, ``time/steps_per_s`` and ``time/wall_s``, ``train/<name>`` for the rest."""
+    if key.startswith("eval_"):
+        return "eval/" + key[5:]
+    if key in ("steps_per_s", "wall_s"):
+        return "time/" + key
+    if coef_key is not None and key == coef_key:
+        return "coef/" + key
+    return "train/" + key
 
-    def __init__(self, run_dir: Path, metric_names: Iterable[str], tensorboard: bool = True):
+
+def _hparam_value(v: Any) -> Any:
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    return "none" if v is None else json.dumps(v)
+
+
+class MetricsLog:
+    """``metrics.csv`` + ``metrics.jsonl`` (+ TensorBoard when installed), one row per logged step.
+
+    TensorBoard tags are grouped (:func:`tensorboard_tag`); ``hparams`` (the flat resolved config)
+    is written once to the HParams dashboard, with ``eval/score`` and ``eval/return`` as its metrics."""
+
+    def __init__(self, run_dir: Path, metric_names: Iterable[str], tensorboard: bool = True,
+                 coef_key: str | None = None, hparams: dict[str, Any] | None = None):
         self.run_dir = run_dir
+        self.coef_key = coef_key
         self.columns = ["step", "wall_s", "steps_per_s", *metric_names, *EVAL_COLUMNS]
         self.csv_path = run_dir / "metrics.csv"
         self.jsonl_path = run_dir / "metrics.jsonl"
@@ -354,6 +377,15 @@ class MetricsLog:
                 self._tb = SummaryWriter(str(run_dir / "tensorboard"))
             except Exception:  # not installed: optional
                 self._tb = None
+        if self._tb is not None and hparams:
+            try:
+                from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+                flat = {k: _hparam_value(v) for k, v in hparams.items()}
+                for summary in hparams_summary(flat, {"eval/score": 0.0, "eval/return": 0.0}):
+                    self._tb.file_writer.add_summary(summary)
+            except Exception:  # a writer problem must not stop training
+                pass
 
     def truncate_after(self, step: int) -> list[str]:
         """Drop rows past ``step`` (a resumed run rewrites them) and adopt the file's header.
@@ -409,7 +441,8 @@ class MetricsLog:
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and v is not None:
-                    self._tb.add_scalar(k, v, row["step"])
+                    self._tb.add_scalar(tensorboard_tag(k, self.coef_key), v, row["step"])
+            self._tb.flush()
 
     def close(self) -> None:
         for f in (self._csv, self._jsonl):
@@ -874,7 +907,10 @@ class Trainer:
         except OSError as err:
             raise RunError(f"cannot write to the run directory '{self.run_dir}': {err.strerror or err}") from err
         metric_names = list(getattr(self.agent, "metric_names", ()) or ())
-        self.metrics = MetricsLog(self.run_dir, metric_names, tensorboard=self.tensorboard)
+        from .plotting import flat_settings
+
+        self.metrics = MetricsLog(self.run_dir, metric_names, tensorboard=self.tensorboard, coef_key=self.coef_key,
+                                  hparams=flat_settings(c.to_dict()))
         state = self._resume_state() if self._resuming else None
         if self._resuming:
             if state is not None:
@@ -1158,6 +1194,16 @@ class Trainer:
                 self.echo(f"warning: could not draw the plots: {type(err).__name__}: {err}")
         return self._write_summary(status, plots)
 
+    _env_info: dict[str, Any] | None = None
+
+    def _environment(self) -> dict[str, Any] | None:
+        if self._env_info is None:
+            try:
+                self._env_info = run_environment(getattr(self, "device", self.config.device))
+            except Exception as err:  # never lose a summary over this
+                self._env_info = {"error": f"{type(err).__name__}: {err}"}
+        return self._env_info
+
     def _write_summary(self, status: str, plots: list[str] | None = None) -> dict[str, Any]:
         c = self.config
         final = self.evals[-1] if self.evals else None
@@ -1201,6 +1247,7 @@ class Trainer:
             "plots": plots or [],
             "evals": self.evals,
             "warnings": list(self.warnings),
+            "environment": self._environment(),
         }
         if self.diverged_info is not None:
             summary["error"] = self.diverged_info
@@ -1208,6 +1255,53 @@ class Trainer:
             summary["error"] = self.failed_info
         _atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git checkout holding ``path`` (default: this package), or
+    None when it is not inside one (an installed wheel) or git is missing."""
+    import subprocess
+
+    here = Path(path) if path is not None else Path(__file__).resolve().parent.parent
+    if not any((p / ".git").exists() for p in (here, *here.parents)):
+        return None
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
+
+
+def run_environment(device: Any) -> dict[str, Any]:
+    """What a run ran on, for ``summary.json``: package versions, the git commit when run from a checkout,
+    the device and torch's thread count."""
+    import platform
+
+    dev = torch.device(device)
+    info: dict[str, Any] = {
+        "versions": {"metaconstraint": _version("metaconstraint"), "torch": torch.__version__,
+                     "gymnasium": _version("gymnasium"), "minari": _version("minari"), "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "git": git_commit(),
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    return info
 
 
 class _EvaluationFailed(RunError):
