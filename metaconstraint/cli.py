@@ -385,7 +385,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             return _fail(f"--env-id {args.env_id}: {err}")
     res = evaluate(
         run.agent, target, episodes=args.episodes, seed=seed, normalizer=run.normalizer,
-        n_envs=min(10, args.episodes), ref=ref, device=args.device,
+        n_envs=min(10, args.episodes), ref=ref, device=args.device, progress=not args.json and _tty(),
     )
     res.update(run_dir=str(run.run_dir), checkpoint=str(run.checkpoint), step=run.step, algo=run.config.algo,
                dataset=run.config.dataset)
@@ -405,6 +405,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(f"written to {out}")
     return 0
+
+
+def _tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except Exception:
+        return False
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

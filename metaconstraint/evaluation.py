@@ -23,6 +23,7 @@ for D4RL dataset names and the dataset's ``ref_min_score`` / ``ref_max_score`` o
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -161,6 +162,7 @@ def evaluate(
     env_kwargs: dict[str, Any] | None = None,
     trust_env_spec: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes of ``policy`` and report returns and normalised scores.
 
@@ -174,6 +176,7 @@ def evaluate(
     An env spec read from a dataset's metadata is built only if it names trusted code
     (:mod:`metaconstraint.data.envspec`; ``trust_env_spec=True`` lifts that). ``should_stop`` is
     asked before every env step; when it returns true, :class:`EvaluationInterrupted` is raised.
+    ``progress``: a progress bar over the episodes on stderr (removed when done).
     """
     if episodes <= 0:
         raise ValueError(f"episodes must be positive, got {episodes}")
@@ -195,6 +198,10 @@ def evaluate(
         obs[k] = _flat(envs[k].reset(seed=seed + next_episode)[0], obs_keys)
         slot_episode[k] = next_episode
         next_episode += 1
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=episodes, desc=f"eval {name}", unit="episode", leave=False, disable=not progress,
+               file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
     try:
         while True:
             active = [k for k in range(n) if slot_episode[k] >= 0]
@@ -213,6 +220,7 @@ def evaluate(
                 returns[ep] += float(r)
                 lengths[ep] += 1
                 if term or trunc:
+                    bar.update(1)
                     if next_episode < episodes:
                         obs[k] = _flat(envs[k].reset(seed=seed + next_episode)[0], obs_keys)
                         slot_episode[k] = next_episode
@@ -222,6 +230,7 @@ def evaluate(
                 else:
                     obs[k] = _flat(o, obs_keys)
     finally:
+        bar.close()
         for e in envs:
             e.close()
     scores = None if refs is None else normalize_return(returns, *refs)

@@ -26,6 +26,12 @@ __all__ = [
 ]
 
 LOSS_KEYS = (("critic_loss", True), ("actor_loss", False), ("bc_loss", True), ("q_mean", False))
+# The adaptive coefficient's terms (logged at every coefficient update), drawn in terms.png: (key, title, log axis)
+TERM_KEYS = (("L1", "L1: loss after the step (coefficient held)", False), ("L2", "L2 = ΔQ²", True),
+             ("L3", "L3 = L2·B·ΔB", True), ("delta_q", "ΔQ: change of the value over the step", False),
+             ("B", "B: largest constraint before the step", True), ("delta_B", "ΔB: its largest change", True),
+             ("outer_loss", "outer loss L1 + L2 + L3 (the terms used)", False),
+             ("hypergrad", "hypergradient d(outer)/dρ", False))
 GREEK = {"alpha": "α", "beta": "β", "beta1": "β₁", "lambda": "λ"}
 
 
@@ -343,8 +349,23 @@ def _coef_label(key: str) -> str:
     return f"{GREEK.get(key, key)} ({key})" if key in GREEK else key
 
 
+def coefficient_learned(run: RunData) -> bool:
+    """True when the run's constraint coefficient moved (a learned one); False for a fixed coefficient or none."""
+    lo, hi = run.summary.get("coef_min"), run.summary.get("coef_max")
+    if lo is None or hi is None:
+        _, v = run.series(run.coef_key)
+        if not len(v):
+            return False
+        lo, hi = float(v.min()), float(v.max())
+    # a fixed coefficient logs float32 and float64 copies of one value: not a range
+    return not np.isclose(lo, hi, rtol=1e-6, atol=0.0)
+
+
 def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str = "", pool: Sequence[str] = ()) -> list[Path]:
-    """Draw ``alpha.png``, ``score.png``, ``losses.png`` and ``overview.png`` into ``out_dir``.
+    """Draw ``score.png``, ``losses.png``, ``overview.png``, the coefficient's own file (``alpha.png`` for ASPC,
+    ``beta.png`` for adaptive IQL, ``coefficient.png`` when runs with different coefficients are drawn
+    together; none when every coefficient is fixed) and ``terms.png`` (the adaptive coefficient's L1, L2, L3,
+    ΔQ, B, ΔB, outer loss and hypergradient; only when a run logged them) into ``out_dir``.
 
     Runs with different settings are separate lines; ``pool`` names settings to average over anyway."""
     runs = [load_run_data(p) for p in run_dirs]
@@ -356,7 +377,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str =
     groups, common = group_runs(runs, pool)
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
     colors = {label: palette[i % len(palette)] for i, label in enumerate(groups)}
-    coef_keys = sorted({r.coef_key for r in runs})
+    learned = [r for r in runs if coefficient_learned(r)]
+    coef_keys = sorted({r.coef_key for r in learned})
     coef_key = coef_keys[0] if len(coef_keys) == 1 else None
     written: list[Path] = []
 
@@ -373,10 +395,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str =
     def coef_panel(ax: Any, legend_outside: bool = False) -> None:
         drew = False
         for key in coef_keys:
-            sub = {k: [r for r in v if r.coef_key == key] for k, v in groups.items()}
+            sub = {k: [r for r in v if r.coef_key == key and coefficient_learned(r)] for k, v in groups.items()}
             sub = {k: v for k, v in sub.items() if v}
             drew |= _draw(ax, sub, key, start=True, colors=colors)
-        if spans_decades(x for r in runs if r.coef_key in coef_keys for x in r.series(r.coef_key)[1]):
+        if spans_decades(x for r in learned if r.coef_key in coef_keys for x in r.series(r.coef_key)[1]):
             ax.set_yscale("log")  # e.g. alpha from 0.3 to 12 across datasets
         ax.set_ylabel(_coef_label(coef_key) if coef_key else "constraint coefficient")
         ax.set_title(f"constraint strength {GREEK.get(coef_key, coef_key) if coef_key else ''} vs step")
@@ -402,9 +424,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str =
                 ax.plot(s, v, ".", color="k", ms=2, alpha=0.25)
             ax.legend(fontsize=8)
 
-    fig, axes = _new_figure()
-    coef_panel(axes[0][0], legend_outside=True)
-    save(fig, "alpha")
+    if learned:  # a fixed coefficient is a flat line: no file for it
+        fig, axes = _new_figure()
+        coef_panel(axes[0][0], legend_outside=True)
+        save(fig, coef_key or "coefficient")
 
     fig, axes = _new_figure()
     score_panel(axes[0][0])
@@ -417,10 +440,25 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str =
         ax.set_title(key + (" (log scale)" if ax.get_yscale() == "log" else ""))
     save(fig, "losses")
 
-    fig, axes = _new_figure(3, 1, (5.2, 3.8))
+    terms = [(k, t, log) for k, t, log in TERM_KEYS if any(len(r.series(k)[0]) for r in runs)]
+    if terms:
+        ncols = min(4, len(terms))
+        nrows = (len(terms) + ncols - 1) // ncols
+        fig, axes = _new_figure(ncols, nrows, (4.6, 3.3))
+        term_groups = {k: v for k, v in groups.items() if any(len(r.series(t)[0]) for r in v for t, _, _ in terms)}
+        for ax, (key, title, log) in zip(axes.flat, terms):
+            if _draw(ax, term_groups, key, log=log, colors=colors) and ax is axes.flat[0]:
+                ax.legend(fontsize=7)
+            ax.set_title(title + (" (log)" if ax.get_yscale() == "log" else ""), fontsize=9)
+        for ax in list(axes.flat)[len(terms):]:
+            ax.set_visible(False)
+        save(fig, "terms")
+
+    fig, axes = _new_figure(3 if learned else 2, 1, (5.2, 3.8))
     score_panel(axes[0][0])
-    coef_panel(axes[0][1])
-    ax = axes[0][2]
+    if learned:
+        coef_panel(axes[0][1])
+    ax = axes[0][-1]
     if _draw(ax, groups, "q_mean", colors=colors):
         ax.legend(fontsize=8)
     ax.set_title("critic: mean Q(s, π(s))")

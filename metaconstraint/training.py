@@ -915,7 +915,8 @@ class Trainer:
         if self._resuming:
             if state is not None:
                 self.load_state_dict(state)
-            for note in self.metrics.truncate_after(self.step):
+            # a run started over (no checkpoint) keeps no rows at all, not even its step-0 evaluation
+            for note in self.metrics.truncate_after(self.step if state is not None else -1):
                 self.echo(f"repaired {note}")
             if state is None:
                 self.echo(f"{self.run_dir} was stopped before its first checkpoint: starting it over from step 0")
@@ -953,6 +954,10 @@ class Trainer:
                     status = "interrupted"
                 else:
                     self.save()
+            elif self.step == 0 and c.eval_every > 0 and not self.evals:
+                # the untrained policy, so curves start where training does (no RNG of the run is used)
+                if self._write_row(0, evaluate=True):
+                    status = "interrupted"
             while self.step < end and status != "interrupted":
                 batch = sampler.sample()
                 step = self.step + 1
@@ -1158,7 +1163,7 @@ class Trainer:
             res = evaluate_policy(
                 self.agent, self.data, episodes=c.eval_episodes, seed=c.resolved_eval_seed(), normalizer=self.normalizer,
                 n_envs=min(10, c.eval_episodes), ref=ref, device=self.device,
-                should_stop=lambda: self._stop_signal is not None,
+                should_stop=lambda: self._stop_signal is not None, progress=self.progress,
             )
         except EvaluationInterrupted:
             raise

@@ -243,10 +243,11 @@ def test_plot_overlays_runs(runs, tmp_path, capsys):
     code, out, _ = main(["plot", made[("aspc", 0)], made[("aspc", 1)], made[("td3bc", 0)], "--out", out_dir], capsys)
     assert code == 0 and "3 run(s) plotted" in out
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == ["alpha.png", "losses.png", "overview.png", "score.png"]
+    assert names == ["alpha.png", "losses.png", "overview.png", "score.png", "terms.png"]
     assert all(_png_ok(p) for p in out_dir.iterdir())
-    # each training run drew its own plots too
-    assert all(_png_ok(made[k] / "plots" / "alpha.png") for k in made)
+    # each training run drew its own plots too; TD3+BC's alpha is fixed: no alpha.png, and no terms
+    assert all(_png_ok(made[("aspc", s)] / "plots" / name) for s in (0, 1) for name in ("alpha.png", "terms.png"))
+    assert sorted(p.name for p in (made[("td3bc", 0)] / "plots").iterdir()) == ["losses.png", "overview.png", "score.png"]
 
 
 def test_eval_reproduces_the_final_training_evaluation(runs, capsys):

@@ -64,7 +64,7 @@ def test_tensorboard_gets_grouped_scalars_and_the_config_as_hparams(run_dir):
     assert not [t for t in tags if "/" not in t]
     scores = [e.value for e in acc.Scalars("eval/score")]
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert scores == pytest.approx([r["eval_score"] for r in rows if "eval_score" in r], rel=1e-6) and len(scores) == 2
+    assert scores == pytest.approx([r["eval_score"] for r in rows if "eval_score" in r], rel=1e-6) and len(scores) == 3
     content = acc.PluginTagToContent("hparams")
     hp = None
     for raw in content.values():
@@ -74,3 +74,24 @@ def test_tensorboard_gets_grouped_scalars_and_the_config_as_hparams(run_dir):
     assert hp is not None
     assert hp["algo"].string_value == "aspc" and hp["steps"].number_value == 100
     assert hp["agent.alpha_every"].number_value == 2 and hp["agent.actor_hidden"].string_value == "[16, 16]"
+
+
+def test_the_untrained_policy_is_evaluated_at_step_0(run_dir):
+    from metaconstraint.training import read_metrics
+
+    rows = read_metrics(run_dir)
+    assert rows[0]["step"] == 0 and "eval_score" in rows[0] and "critic_loss" not in rows[0]
+    assert [r["step"] for r in rows if "eval_score" in r] == [0, 50, 100]
+    evals = json.loads((run_dir / "summary.json").read_text())["evals"]
+    assert [e["step"] for e in evals] == [0, 50, 100] and evals[0]["score"] == rows[0]["eval_score"]
+
+
+def test_evaluation_shows_a_progress_bar(capsys):
+    from metaconstraint.evaluation import evaluate
+    from metaconstraint.nets import Actor
+
+    evaluate(Actor(3, 1, 2.0, hidden=(8,)), "Pendulum-v1", episodes=3, seed=0, n_envs=2, progress=True)
+    err = capsys.readouterr().err
+    assert "eval Pendulum-v1" in err and "0/3 [" in err and "episode/s" in err
+    evaluate(Actor(3, 1, 2.0, hidden=(8,)), "Pendulum-v1", episodes=1, seed=0)
+    assert "eval Pendulum-v1" not in capsys.readouterr().err  # off unless asked

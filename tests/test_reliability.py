@@ -110,7 +110,7 @@ def test_two_trainers_in_one_process_cannot_share_a_directory(tiny_npz, tmp_path
     first.setup()
     hook(first)
     assert first.train().status == "finished"
-    assert [int(r["step"]) for r in metric_rows(run_dir)] == [50, 100]
+    assert [int(r["step"]) for r in metric_rows(run_dir)] == [0, 50, 100]
 
 
 # -- case 3: checksummed checkpoints -------------------------------------------------------------------
@@ -224,6 +224,9 @@ def test_a_failed_evaluation_writes_checkpoint_and_summary_first_and_resume_redo
     real = training.evaluate_policy
 
     def broken(*a, **k):
+        if k.get("seed") is not None and not hasattr(broken, "done"):
+            broken.done = True  # the step-0 evaluation of the untrained policy still works
+            return real(*a, **k)
         raise RuntimeError("the simulator crashed")
 
     monkeypatch.setattr(training, "evaluate_policy", broken)
@@ -343,7 +346,7 @@ def test_resume_repairs_partial_last_lines_of_the_metrics_files(straight, tiny_n
     Trainer.resume(run_dir, progress=False, echo=said.append, plots=False).train()
     assert metric_rows(run_dir) == metric_rows(s_dir)
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(50, 601, 50))
+    assert steps == [0, *range(50, 601, 50)]
     assert any("dropped a partial last line" in s for s in said)
 
 
@@ -401,10 +404,11 @@ def test_sigterm_during_a_long_evaluation_stops_promptly(tiny_npz, tmp_path, mon
     stopped = time.perf_counter()
     assert sent and stopped - sent[0] < 1.0, "the run did not stop promptly"
     print(f"stopped {stopped - sent[0]:.3f} s after the signal")
-    assert result.status == "interrupted" and result.signal == signal.SIGTERM and result.step == 50
+    # the signal arrives during the first evaluation: the untrained policy's, at step 0
+    assert result.status == "interrupted" and result.signal == signal.SIGTERM and result.step == 0
     state = load_checkpoint(latest_checkpoint(run_dir))
-    assert state["step"] == 50 and state["trainer"]["pending_row"] == 50  # a resume evaluates step 50 again
-    assert not (run_dir / "metrics.csv").exists()  # no row for step 50 without its evaluation
+    assert state["step"] == 0 and state["trainer"]["pending_row"] == 0  # a resume evaluates step 0 again
+    assert not (run_dir / "metrics.csv").exists()  # no row for step 0 without its evaluation
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over_on_resume(straight, tiny_npz, tmp_path):

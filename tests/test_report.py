@@ -116,7 +116,7 @@ def test_plot_groups_like_the_report(two_alphas, tmp_path, capsys):
     pooled, _ = group_runs(runs, pool=["alpha"])
     assert {k: len(v) for k, v in pooled.items()} == {f"aspc / {DATA}": 4}
     code = cli.main(["plot", str(two_alphas), "--out", str(tmp_path / "plots"), "--pool", "alpha"])
-    assert code == 0 and (tmp_path / "plots" / "alpha.png").stat().st_size > 5000
+    assert code == 0 and (tmp_path / "plots" / "score.png").stat().st_size > 5000
 
 
 def test_the_committed_report_is_what_report_makes_of_the_committed_runs():
@@ -195,3 +195,31 @@ def test_old_run_configs_without_newer_settings_group_with_new_ones():
     labels, _ = variant_labels([old, new, other])
     assert sorted(labels.values()) == ["aspc", "aspc [horizon=3]"]
     assert labels[settings_key(old)] == "aspc"
+
+
+def _coef_run(root: Path, name: str, algo: str, key: str, values: list[float], terms: bool = False) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"algo": algo, "dataset": DATA, "seed": 0}))
+    extra = ",L1,L2,L3,delta_q,hypergrad" if terms else ""
+    rows = [f"{100 * (i + 1)},{10.0 * i},1.0,{v}" + (f",{-1 - i},{1e-4 * (i + 1)},{1e-7 * (i + 1)},{0.01 * i},{-1e-3}" if terms else "")
+            for i, v in enumerate(values)]
+    (d / "metrics.csv").write_text(f"step,eval_score,q_mean,{key}{extra}\n" + "\n".join(rows) + "\n")
+    (d / "summary.json").write_text(json.dumps({"status": "finished", "step": 100 * len(values), "coefficient": key,
+                                                "coef_start": values[0], "coef_min": min(values), "coef_max": max(values),
+                                                "coef_end": values[-1]}))
+    return d
+
+
+def test_plots_name_the_coefficient_file_after_it_and_skip_fixed_coefficients(tmp_path):
+    from metaconstraint.plotting import plot_runs
+
+    adaptive = _coef_run(tmp_path, "iqla", "iql-adaptive", "beta", [3.0, 3.1, 3.3], terms=True)
+    fixed = _coef_run(tmp_path, "iql", "iql", "beta", [3.0, 3.0, 3.0])
+    names = lambda paths: sorted(p.name for p in paths)  # noqa: E731
+    assert names(plot_runs([adaptive], tmp_path / "a")) == ["beta.png", "losses.png", "overview.png", "score.png", "terms.png"]
+    assert names(plot_runs([fixed], tmp_path / "f")) == ["losses.png", "overview.png", "score.png"]
+    assert names(plot_runs([adaptive, fixed], tmp_path / "b")) == ["beta.png", "losses.png", "overview.png", "score.png",
+                                                                   "terms.png"]
+    aspc = _coef_run(tmp_path, "aspc", "aspc", "alpha", [2.5, 2.6, 2.7], terms=True)
+    assert names(plot_runs([adaptive, aspc], tmp_path / "c"))[0] == "coefficient.png"  # two coefficients on one axis

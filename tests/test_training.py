@@ -115,12 +115,12 @@ def test_run_directory_holds_config_metrics_checkpoints_and_summary(straight):
     cfg = (run_dir / "config.yaml").read_text()
     assert "planned_steps: 600" in cfg and "actor_hidden: [16, 16]" in cfg
     rows = metric_rows(run_dir, drop=())
-    assert [int(r["step"]) for r in rows] == list(range(50, 601, 50))
+    assert [int(r["step"]) for r in rows] == [0, *range(50, 601, 50)]  # step 0: the untrained policy's evaluation
     header = rows[0].keys()
     for name in trainer.agent.metric_names:
         assert name in header
     evals = [r for r in rows if r["eval_score"] != ""]
-    assert [int(r["step"]) for r in evals] == [300, 600]
+    assert [int(r["step"]) for r in evals] == [0, 300, 600]
     # the normalised score is the return mapped through the dataset's reference scores
     for r in evals:
         assert float(r["eval_score"]) == pytest.approx(100 * (float(r["eval_return"]) + 1200) / 1050, rel=1e-9)
