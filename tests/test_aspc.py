@@ -252,8 +252,12 @@ def test_nan_in_batch_names_the_field():
     agent = small("aspc")
     batch = random_batch(torch.Generator().manual_seed(0))
     batch.rewards[5] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"critic loss is nan at update 1: .*\['rewards'\]"):
+    with pytest.raises(FloatingPointError, match=r"critic loss is nan at update 1: .*\['rewards'\]") as info:
         agent.update(batch)
+    err = info.value  # the same facts as fields, for a caller that must not parse text
+    assert isinstance(err, mc.algos.base.NonFiniteError)
+    assert (err.quantity, err.step, err.bad_fields) == ("critic loss", 1, ["rewards"]) and math.isnan(err.value)
+    assert err.detail == "the batch has non-finite values in ['rewards']"
 
 
 def test_loading_another_algorithms_checkpoint_fails_clearly():

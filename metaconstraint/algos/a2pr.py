@@ -34,7 +34,8 @@ from torch.func import functional_call
 from ..batch import Batch
 from ..constraint import Terms
 from ..nets import VAE, ValueNet
-from .td3bc import TD3BC, TD3BCConfig, _check_finite
+from .base import check_finite
+from .td3bc import TD3BC, TD3BCConfig
 
 # settings from the A2PR authors' public run commands (alpha, eta, VAE weight, discount)
 A2PR_PRESETS: dict[str, dict[str, Any]] = {
@@ -101,7 +102,7 @@ class A2PR(TD3BC):
             v_target = torch.min(y, y_online)
         v = self.value(obs)
         value_loss = F.mse_loss(v, v_target)
-        _check_finite("value loss", value_loss, self.num_updates, batch)
+        check_finite("value loss", value_loss, self.num_updates, batch)
         self.value_opt.zero_grad(set_to_none=True)
         value_loss.backward()
         self.value_opt.step()
@@ -112,7 +113,7 @@ class A2PR(TD3BC):
         recon_loss = (c.vae_weight * w.unsqueeze(1) * (recon - act).pow(2)).mean()
         kl_loss = -0.5 * (1.0 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean()
         vae_loss = recon_loss + 0.5 * kl_loss
-        _check_finite("VAE loss", vae_loss, self.num_updates, batch)
+        check_finite("VAE loss", vae_loss, self.num_updates, batch)
         self.vae_opt.zero_grad(set_to_none=True)
         vae_loss.backward()
         self.vae_opt.step()

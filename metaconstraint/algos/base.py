@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from ..batch import Batch
@@ -30,3 +31,36 @@ class Agent(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss became NaN/Inf: which quantity, its value, the update, and the batch fields that were
+    non-finite (empty: the batch was finite, so the networks diverged). Read the fields, not the text."""
+
+    def __init__(self, quantity: str, value: float, step: int, bad_fields: list[str]):
+        self.quantity, self.value, self.step, self.bad_fields = quantity, value, step, list(bad_fields)
+        where = (
+            f"the batch has non-finite values in {self.bad_fields}" if self.bad_fields
+            else "the batch is finite, so the networks diverged"
+        )
+        super().__init__(f"{quantity} is {value} at update {step}: {where}")
+
+    @property
+    def detail(self) -> str:
+        return str(self).split(": ", 1)[1]
+
+
+def check_finite(name: str, value: Tensor, step: int, batch: Batch) -> None:
+    """Raise :class:`NonFiniteError` if ``value`` is NaN/Inf (one host read per call)."""
+    if torch.isfinite(value).all():
+        return
+    bad = [f for f in Batch._fields if not torch.isfinite(getattr(batch, f)).all()]
+    raise NonFiniteError(name, value.item(), step, bad)
+
+
+def named_constraint_logs(logs: dict[str, Tensor], loss: str, value: str, constraint: str, coef: str) -> dict[str, Tensor]:
+    """A constraint step's logs under the algorithm's names (``loss``, ``value``, ``constraint``,
+    ``coef`` renamed; the bilevel terms and the objective's own statistics kept as they are)."""
+    out = dict(logs)
+    renamed = {loss: out.pop("loss"), value: out.pop("value"), constraint: out.pop("constraint"), coef: out.pop("coef")}
+    return {**renamed, **out}

@@ -68,7 +68,8 @@ from .common import (
     constraint_step,
     load_opt_state,
 )
-from .td3bc import _check_finite, init_agent, soft_update
+from .base import check_finite, named_constraint_logs
+from .td3bc import init_agent, soft_update
 
 # the CQL authors' per-domain settings, by domain and by D4RL dataset (the MuJoCo ones are the defaults)
 CQL_PRESETS: dict[str, dict[str, Any]] = {
@@ -204,7 +205,7 @@ class CQL:
         frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
         q = torch.min(*functional_call(self.critic, frozen, (obs, actions)))
         loss = (alpha_ent * log_pi - q).mean()
-        _check_finite("actor loss", loss, self.num_updates, batch)
+        check_finite("actor loss", loss, self.num_updates, batch)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
@@ -262,17 +263,10 @@ class CQL:
         self.critic_opt_state, logs = constraint_step(
             self.constraint, objective, self.critic, self.critic_opt, self.critic_opt_state
         )
-        _check_finite("critic loss", logs["loss"], self.num_updates, batch)
+        check_finite("critic loss", logs["loss"], self.num_updates, batch)
         gap_means = torch.stack([logs.pop("gap_mean_1"), logs.pop("gap_mean_2")])
-        out = {
-            "critic_loss": logs.pop("loss"),
-            "q_mean": logs.pop("value"),
-            "cql_gap": logs.pop("constraint"),
-            self.coefficient_name: logs.pop("coef"),
-            "td_loss": logs.pop("td_loss"),
-            "alpha_prime": self.alpha_prime() if c.lagrange else torch.zeros((), device=self.device, dtype=self.dtype),
-        }
-        out.update(logs)
+        out = named_constraint_logs(logs, "critic_loss", "q_mean", "cql_gap", self.coefficient_name)
+        out["alpha_prime"] = self.alpha_prime() if c.lagrange else torch.zeros((), device=self.device, dtype=self.dtype)
         if c.lagrange:
             coef = self.constraint.value().detach()
             alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)

@@ -53,7 +53,8 @@ from .common import (
     constraint_step,
     load_opt_state,
 )
-from .td3bc import _check_finite, init_agent, soft_update
+from .base import check_finite, named_constraint_logs
+from .td3bc import init_agent, soft_update
 
 POLICIES = ("gaussian", "deterministic")
 
@@ -175,7 +176,7 @@ class IQL:
             q = torch.min(*self.critic_target(batch.observations, batch.actions))
         u = q - self.value(batch.observations)
         loss = ((self.config.expectile - (u < 0).to(u.dtype)).abs() * u.pow(2)).mean()
-        _check_finite("value loss", loss, self.num_updates, batch)
+        check_finite("value loss", loss, self.num_updates, batch)
         self.value_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.value_opt.step()
@@ -186,7 +187,7 @@ class IQL:
             y = batch.rewards + self.config.discount * (1.0 - batch.terminals) * self.value(batch.next_observations)
         q1, q2 = self.critic(batch.observations, batch.actions)
         loss = 0.5 * ((y - q1).pow(2).mean() + (y - q2).pow(2).mean())
-        _check_finite("critic loss", loss, self.num_updates, batch)
+        check_finite("critic loss", loss, self.num_updates, batch)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_opt.step()
@@ -206,7 +207,7 @@ class IQL:
         obs, act = batch.observations, batch.actions
         adv = self.advantages(batch)
         log_cap = math.log(self.config.max_weight)
-        self._last_adv = adv.mean()
+        stats = {"adv_mean": adv.mean()}
 
         def objective(params: Mapping[str, Tensor], beta: Tensor) -> Terms:
             mean, log_std = self._mean_action(params, obs)
@@ -217,7 +218,7 @@ class IQL:
             weight = torch.exp(torch.clamp(beta * adv, max=log_cap))
             q = torch.min(*self.critic_target(obs, mean))
             bc = (mean - act).pow(2).mean(dim=1)
-            return Terms(loss=(weight * nll).mean(), value=q.mean(), constraint=bc)
+            return Terms(loss=(weight * nll).mean(), value=q.mean(), constraint=bc, aux=stats)
 
         return objective
 
@@ -225,16 +226,8 @@ class IQL:
         self.actor_opt_state, logs = constraint_step(
             self.constraint, self.actor_objective(batch), self.actor, self.actor_opt, self.actor_opt_state
         )
-        _check_finite("actor loss", logs["loss"], self.num_updates, batch)
-        out = {
-            "actor_loss": logs.pop("loss"),
-            "q_mean": logs.pop("value"),
-            "bc_loss": logs.pop("constraint"),
-            self.coefficient_name: logs.pop("coef"),
-            "adv_mean": self._last_adv,
-        }
-        out.update(logs)
-        return out
+        check_finite("actor loss", logs["loss"], self.num_updates, batch)
+        return named_constraint_logs(logs, "actor_loss", "q_mean", "bc_loss", self.coefficient_name)
 
     # -- acting and checkpoints -----------------------------------------------------------
     @torch.no_grad()

@@ -24,6 +24,7 @@ from .. import optim
 from ..batch import Batch
 from ..constraint import FixedCoefficient, FixedConstraint, Terms
 from ..nets import Actor, TwinCritic, make_critic
+from .base import check_finite, named_constraint_logs
 
 
 @dataclass
@@ -73,14 +74,6 @@ def init_agent(
     agent.device, agent.dtype = torch.device(device), dtype
     agent.obs_dim, agent.act_dim, agent.max_action = obs_dim, act_dim, float(max_action)
     return agent.config
-
-
-def _check_finite(name: str, value: Tensor, step: int, batch: Batch) -> None:
-    if torch.isfinite(value).all():
-        return
-    bad = [f for f in Batch._fields if not torch.isfinite(getattr(batch, f)).all()]
-    where = f"the batch has non-finite values in {bad}" if bad else "the batch is finite, so the networks diverged"
-    raise FloatingPointError(f"{name} is {value.item()} at update {step}: {where}")
 
 
 class TD3BC:
@@ -160,7 +153,7 @@ class TD3BC:
         """One Adam step on ``sum_j MSE(Q_j(s, a), y)``."""
         q1, q2 = self.critic(batch.observations, batch.actions)
         loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-        _check_finite("critic loss", loss, self.num_updates, batch)
+        check_finite("critic loss", loss, self.num_updates, batch)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_opt.step()
@@ -203,16 +196,8 @@ class TD3BC:
             for k, p in params.items():
                 p.copy_(result.params[k])
         self.actor_opt_state = result.opt_state
-        logs = dict(result.logs)
-        _check_finite("actor loss", logs["loss"], self.num_updates, batch)
-        out = {
-            "actor_loss": logs.pop("loss"),
-            "q_mean": logs.pop("value"),
-            "bc_loss": logs.pop("constraint"),
-            self.coefficient_name: logs.pop("coef"),
-        }
-        out.update(logs)
-        return out
+        check_finite("actor loss", result.logs["loss"], self.num_updates, batch)
+        return named_constraint_logs(result.logs, "actor_loss", "q_mean", "bc_loss", self.coefficient_name)
 
     # -- acting and checkpoints -----------------------------------------------------------
     @torch.no_grad()

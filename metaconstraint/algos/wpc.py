@@ -24,7 +24,8 @@ from torch.func import functional_call
 from ..batch import Batch
 from ..constraint import Terms
 from ..nets import ValueNet
-from .td3bc import TD3BC, TD3BCConfig, _check_finite
+from .base import check_finite
+from .td3bc import TD3BC, TD3BCConfig
 
 
 @dataclass
@@ -56,7 +57,7 @@ class WPC(TD3BC):
             y = self._td_target(batch, self._smoothed_next_actions(batch))
         logs = self._fit_critic(batch, y)
         value_loss = F.mse_loss(self.value(batch.observations), y)
-        _check_finite("value loss", value_loss, self.num_updates, batch)
+        check_finite("value loss", value_loss, self.num_updates, batch)
         self.value_opt.zero_grad(set_to_none=True)
         value_loss.backward()
         self.value_opt.step()
@@ -72,21 +73,16 @@ class WPC(TD3BC):
         """``objective(actor_params, alpha) -> Terms``; the constraint is the weighted per-sample BC."""
         obs, act = batch.observations, batch.actions
         w = self.bc_weights(batch)
-        self._last_weight = w.mean()
+        stats = {"bc_weight": w.mean()}
 
         def objective(params: Mapping[str, Tensor], alpha: Tensor) -> Terms:
             pi = functional_call(self.actor, params, (obs,))
             q = self.critic.q1(obs, pi)
             lam = alpha / q.abs().mean().detach()
             bc = w * (pi - act).pow(2).mean(dim=1)
-            return Terms(loss=-lam * q.mean() + bc.mean(), value=q.mean(), constraint=bc)
+            return Terms(loss=-lam * q.mean() + bc.mean(), value=q.mean(), constraint=bc, aux=stats)
 
         return objective
-
-    def _actor_step(self, batch: Batch) -> dict[str, Tensor]:
-        logs = super()._actor_step(batch)
-        logs["bc_weight"] = self._last_weight
-        return logs
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
