@@ -165,6 +165,9 @@ def _add_train(sub: Any) -> None:
     a("--trust-env-spec", action="store_true",
       help="build the dataset's env spec even if it names code outside installed, trusted environment packages")
     _add_own_data(a, "the run")
+    a("--wandb", nargs="?", const="metaconstraint", metavar="PROJECT",
+      help="also log to Weights & Biases (extra wandb) under PROJECT (default project: metaconstraint), offline "
+           "into RUN_DIR/wandb unless WANDB_MODE=online is set; upload later with wandb sync")
     t.set_defaults(func=cmd_train)
 
 
@@ -283,6 +286,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     t_start = time.perf_counter()
+    if args.wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            return _fail("--wandb needs the wandb package: pip install -e '.[wandb]' (or pip install wandb)")
     if args.threads:
         torch.set_num_threads(args.threads)
     sets = [s for group in args.set for s in group]
@@ -296,11 +304,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if given:
             return _fail(
                 f"--resume continues a run with the settings in its config.yaml; drop {', '.join(given)} "
-                "(only --device, --checkpoint, --stop-after, --threads, --quiet, --no-plots and --trust-env-spec go "
-                "with --resume)"
+                "(only --device, --checkpoint, --stop-after, --threads, --quiet, --no-plots, --trust-env-spec and "
+                "--wandb go with --resume)"
             )
         trainer = Trainer.resume(args.resume, device=args.device, checkpoint=args.checkpoint, progress=progress, echo=echo,
-                                 plots=not args.no_plots, trust_env_spec=args.trust_env_spec)
+                                 plots=not args.no_plots, trust_env_spec=args.trust_env_spec, wandb=args.wandb)
     else:
         config = resolve(file=args.config, flags=_flags(args), sets=sets)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
@@ -311,7 +319,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             print(f"{config.algo} on {config.dataset}: {preset_reason(config)}", flush=True)
         trainer = Trainer(config, run_dir, progress=progress, echo=echo, plots=not args.no_plots,
-                          trust_env_spec=args.trust_env_spec)
+                          trust_env_spec=args.trust_env_spec, wandb=args.wandb)
     if not args.threads and "OMP_NUM_THREADS" not in os.environ and trainer.config.preset == "quick":
         torch.set_num_threads(1)
     result = trainer.train(stop_after=args.stop_after)

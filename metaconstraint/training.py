@@ -354,6 +354,38 @@ def _hparam_value(v: Any) -> Any:
     return "none" if v is None else json.dumps(v)
 
 
+class WandbLogger:
+    """Weights & Biases, optional (extra ``wandb``): offline unless ``WANDB_MODE`` says otherwise.
+
+    One W&B run per training session, in ``<run_dir>/wandb``, named after the run directory and grouped
+    by it (a resumed run adds a session to the group); the config is the flat resolved config, rows are
+    logged with the TensorBoard tags (:func:`tensorboard_tag`), and the summary gets the final numbers.
+    ``wandb sync <run_dir>/wandb/offline-run-*`` uploads an offline run later."""
+
+    def __init__(self, run_dir: Path, project: str, config: dict[str, Any], coef_key: str | None):
+        try:
+            import wandb
+        except ImportError as err:
+            raise RunError("--wandb needs the wandb package: pip install -e '.[wandb]' (or pip install wandb)") from err
+        os.environ.setdefault("WANDB_MODE", "offline")  # nothing leaves the machine unless asked
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.coef_key = coef_key
+        self.run = wandb.init(project=project, dir=str(run_dir), name=run_dir.name, group=run_dir.name,
+                              config=config, reinit="create_new")
+
+    def log(self, row: dict[str, Any]) -> None:
+        data = {tensorboard_tag(k, self.coef_key): v for k, v in row.items()
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.run.log(data, step=int(row["step"]))
+
+    def finish(self, summary: dict[str, Any] | None = None) -> None:
+        if summary:
+            for k, v in summary.items():
+                if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                    self.run.summary[k] = v
+        self.run.finish()
+
+
 class MetricsLog:
     """``metrics.csv`` + ``metrics.jsonl`` (+ TensorBoard when installed), one row per logged step.
 
@@ -443,6 +475,10 @@ class MetricsLog:
                 if k != "step" and isinstance(v, (int, float)) and v is not None:
                     self._tb.add_scalar(tensorboard_tag(k, self.coef_key), v, row["step"])
             self._tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(row)
+
+    wandb: WandbLogger | None = None
 
     def close(self) -> None:
         for f in (self._csv, self._jsonl):
@@ -588,6 +624,7 @@ class Trainer:
         plots: bool = True,
         tensorboard: bool = True,
         trust_env_spec: bool = False,
+        wandb: str | None = None,
     ):
         self.config = config
         self.trust_env_spec = trust_env_spec
@@ -596,6 +633,7 @@ class Trainer:
         self._echo = echo
         self.make_plots = plots
         self.tensorboard = tensorboard
+        self.wandb_project = wandb
         self.coef_key = coefficient_name(config.algo)
         self.step = 0
         self.wall_s = 0.0
@@ -911,6 +949,8 @@ class Trainer:
 
         self.metrics = MetricsLog(self.run_dir, metric_names, tensorboard=self.tensorboard, coef_key=self.coef_key,
                                   hparams=flat_settings(c.to_dict()))
+        if self.wandb_project:
+            self.metrics.wandb = WandbLogger(self.run_dir, self.wandb_project, flat_settings(c.to_dict()), self.coef_key)
         state = self._resume_state() if self._resuming else None
         if self._resuming:
             if state is not None:
@@ -1002,7 +1042,7 @@ class Trainer:
             if not isinstance(err, TrainingDiverged):
                 self.failed_info = {"step": self.step, "message": str(err)}
             try:
-                self._finish_outputs("diverged" if isinstance(err, TrainingDiverged) else "failed")
+                self._finish_wandb(self._finish_outputs("diverged" if isinstance(err, TrainingDiverged) else "failed"))
             except OSError as write_err:
                 self.echo(f"warning: could not write summary.json: {write_err}")
             if err is caught:
@@ -1016,7 +1056,17 @@ class Trainer:
                 self._bar = None
             self.metrics.close()
         summary = self._finish_outputs(status)
+        self._finish_wandb(summary)
         return TrainResult(status, self.step, self.run_dir, summary, signal=self._stop_signal, checkpoint=self.last_checkpoint)
+
+    def _finish_wandb(self, summary: dict[str, Any]) -> None:
+        wb = getattr(getattr(self, "metrics", None), "wandb", None)
+        if wb is not None:
+            self.metrics.wandb = None
+            try:
+                wb.finish(summary)
+            except Exception as err:  # the run's own files are written; W&B is extra
+                self.echo(f"warning: could not finish the W&B run: {type(err).__name__}: {err}")
 
     def _write_row(self, step: int, evaluate: bool) -> bool:
         """Log ``step``'s row. True if a signal stopped its evaluation: the checkpoint is then written

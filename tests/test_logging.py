@@ -95,3 +95,70 @@ def test_evaluation_shows_a_progress_bar(capsys):
     assert "eval Pendulum-v1" in err and "0/3 [" in err and "episode/s" in err
     evaluate(Actor(3, 1, 2.0, hidden=(8,)), "Pendulum-v1", episodes=1, seed=0)
     assert "eval Pendulum-v1" not in capsys.readouterr().err  # off unless asked
+
+
+def _wandb_records(path: Path) -> list:
+    """The protobuf records of a W&B ``.wandb`` file (LevelDB-log framing: 32 KiB blocks of
+    checksum(4) length(2) type(1) data; type 1 full, 2 first, 3 middle, 4 last), for reading an offline run back."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, out, buf, block = 7, [], b"", 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0:
+            continue
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            out.append(rec)
+            buf = b""
+    return out
+
+
+def test_wandb_logs_offline_into_the_run_directory(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # the `wandb` extra (not installed by CI)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))  # the run directory wins over the environment
+    data = write_tiny_npz(tmp_path / "tiny.npz", episodes=2)
+    d = tmp_path / "run"
+    argv = ["train", "--dataset", data, "--steps", 100, "--eval-every", 50, "--run-dir", d, "--quiet", "--wandb", "mc-test",
+            "--set", *TINY_SETS]
+    assert cli.main([str(a) for a in argv]) == 0
+    files = list((d / "wandb").glob("offline-run-*/*.wandb"))
+    assert len(files) == 1  # offline by default: nothing was sent
+    recs = _wandb_records(files[0])
+    run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+    assert (run.project, run.display_name, run.run_group) == ("mc-test", "run", "run")
+    config = {u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in run.config.update}
+    assert config["algo"] == "aspc" and config["agent.alpha_every"] == 2
+    key = lambda item: item.key or "/".join(item.nested_key)  # noqa: E731 (the field used differs by version)
+    hist = [r.history for r in recs if r.WhichOneof("record_type") == "history"]
+    history = [{key(i): json.loads(i.value_json) for i in h.item} for h in hist]
+    rows = [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [h.step.num for h in hist] == [r["step"] for r in rows] == [0, 50, 100]
+    assert [h.get("eval/score") for h in history] == pytest.approx([r["eval_score"] for r in rows], rel=1e-9)
+    assert history[-1]["coef/alpha"] == pytest.approx(rows[-1]["alpha"], rel=1e-9) and "train/critic_loss" in history[-1]
+    summary = {}
+    for r in recs:
+        if r.WhichOneof("record_type") == "summary":
+            summary.update({key(u): json.loads(u.value_json) for u in r.summary.update})
+    final = json.loads((d / "summary.json").read_text())
+    assert summary["final_score"] == pytest.approx(final["final_score"]) and summary["status"] == "finished"
+
+
+def test_wandb_without_the_package_says_which_extra(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    code = cli.main(["train", "--wandb", "--run-dir", str(tmp_path / "r"), "--quiet"])
+    assert code == 2 and "pip install -e '.[wandb]'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
