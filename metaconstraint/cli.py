@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--run-dir", required=True, metavar="DIR", help="the run directory")
     x.add_argument("--out", required=True, metavar="policy.pt", help="output file")
     x.add_argument("--checkpoint", metavar="STEP|PATH", help="a step number or checkpoint file (default: the newest)")
+    x.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript",
+                   help="torchscript (needs only torch to run) or onnx (extra onnx; input obs (batch, obs_dim), output "
+                        "action)")
     x.set_defaults(func=cmd_export)
     return parser
 
@@ -480,7 +483,12 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_policy
 
-    meta = export_policy(args.run_dir, args.out, args.checkpoint)
+    meta = export_policy(args.run_dir, args.out, args.checkpoint, format=args.format)
+    if args.format == "onnx":
+        print(f"wrote {args.out}: {meta['algo']} policy for {meta['env_id']} (step {meta['step']}) as ONNX: input 'obs' "
+              f"(batch, {meta['obs_dim']}) raw observations, output 'action' (batch, {meta['act_dim']}); run with e.g. "
+              f"onnxruntime.InferenceSession('{args.out}').run(None, {{'obs': obs}})")
+        return 0
     print(
         f"wrote {args.out}: {meta['algo']} policy for {meta['env_id']} (step {meta['step']}), raw observations in, "
         f"actions out. Load with torch.jit.load('{args.out}') (tensors in, needs only torch) or "

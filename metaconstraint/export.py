@@ -97,6 +97,81 @@ def policy_module(agent: Any, obs_dim: int) -> nn.Module:
     return _AgentAct(agent)
 
 
+def _metadata(run: LoadedRun, module: ExportedPolicy) -> dict[str, Any]:
+    return {
+        "format": "metaconstraint.exported-policy/1",
+        "algo": run.config.algo,
+        "dataset": run.config.dataset,
+        "env_id": run.env.get("env_id"),
+        "step": run.step,
+        "seed": run.config.seed,
+        "obs_dim": int(run.env["obs_dim"]),
+        "act_dim": int(run.env["act_dim"]),
+        "action_low": module.low.tolist(),
+        "action_high": module.high.tolist(),
+        "obs_mean": module.mean.tolist(),
+        "obs_denominator": module.denom.tolist(),
+        "checkpoint": str(run.checkpoint),
+    }
+
+
+def export_onnx(
+    run_dir: str | Path, out: str | Path, checkpoint: str | Path | int | None = None, check: bool = True
+) -> dict[str, Any]:
+    """Write the run's policy as ONNX (extra ``onnx``: the ``onnx`` and ``onnxscript`` packages): input
+    ``obs`` of shape ``(batch, obs_dim)`` float32 (raw observations), output ``action`` ``(batch, act_dim)``;
+    normalisation and clip built in, metadata in the model's ``metaconstraint`` property. With ``check`` and
+    ``onnxruntime`` installed, the file is run and must give the agent's actions."""
+    import contextlib
+    import logging
+
+    try:
+        import onnx
+    except ImportError as err:
+        raise RunError("--format onnx needs the onnx and onnxscript packages: pip install -e '.[onnx]'") from err
+    run = load_run(run_dir, checkpoint, device="cpu")
+    module = _build(run)
+    obs_dim = int(run.env["obs_dim"])
+    meta = {**_metadata(run, module), "format": "metaconstraint.exported-policy-onnx/1"}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, (torch.randn(4, obs_dim),), dynamo=True, input_names=["obs"],
+                                        output_names=["action"], dynamic_shapes={"obs": {0: torch.export.Dim("batch")}},
+                                        verbose=False)
+        model = program.model_proto
+        onnx.helper.set_model_props(model, {"metaconstraint": json.dumps(meta)})
+        onnx.save(model, str(tmp))
+        os.replace(tmp, out)
+    except RunError:
+        raise
+    except Exception as err:
+        raise RunError(f"ONNX export of the {run.config.algo} policy failed: {type(err).__name__}: {err}") from err
+    finally:
+        quiet.setLevel(level)
+        if tmp.exists():
+            tmp.unlink()
+    if check:
+        try:
+            import onnxruntime
+        except ImportError:
+            return meta  # nothing to run it with here
+        sess = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        obs = run.normalizer.denormalize(torch.randn(64, obs_dim).numpy()).astype(np.float32)
+        got = torch.as_tensor(sess.run(None, {"obs": obs})[0])
+        with torch.no_grad():
+            want = module(torch.as_tensor(obs))
+        if not torch.allclose(got, want, atol=1e-5, rtol=1e-5):
+            raise RunError(f"the ONNX policy in {out} disagrees with the agent (max diff {(got - want).abs().max():.3g})")
+    return meta
+
+
 def _build(run: LoadedRun) -> ExportedPolicy:
     norm, env = run.normalizer, run.env
     mean = torch.as_tensor(norm.mean, dtype=torch.float32).clone()
@@ -112,13 +187,19 @@ def _build(run: LoadedRun) -> ExportedPolicy:
 
 
 def export_policy(
-    run_dir: str | Path, out: str | Path, checkpoint: str | Path | int | None = None, check: bool = True
+    run_dir: str | Path, out: str | Path, checkpoint: str | Path | int | None = None, check: bool = True,
+    format: str = "torchscript",
 ) -> dict[str, Any]:
-    """Write the run's policy (newest or given checkpoint) to ``out`` as TorchScript.
+    """Write the run's policy (newest or given checkpoint) to ``out`` as TorchScript, or as ONNX with
+    ``format="onnx"`` (:func:`export_onnx`).
 
     With ``check``, the written file is loaded back and must give the agent's actions on
     random observations. Returns the metadata stored in the file.
     """
+    if format == "onnx":
+        return export_onnx(run_dir, out, checkpoint, check)
+    if format != "torchscript":
+        raise RunError(f"unknown export format {format!r} (--format): torchscript or onnx")
     run = load_run(run_dir, checkpoint, device="cpu")
     module = _build(run)
     example = torch.randn(4, int(run.env["obs_dim"]))
@@ -128,21 +209,7 @@ def export_policy(
             scripted = torch.jit.script(module)
         except Exception:  # an actor TorchScript cannot compile: trace it (fixed control flow)
             scripted = torch.jit.trace(module, example)
-    meta = {
-        "format": "metaconstraint.exported-policy/1",
-        "algo": run.config.algo,
-        "dataset": run.config.dataset,
-        "env_id": run.env.get("env_id"),
-        "step": run.step,
-        "seed": run.config.seed,
-        "obs_dim": int(run.env["obs_dim"]),
-        "act_dim": int(run.env["act_dim"]),
-        "action_low": module.low.tolist(),
-        "action_high": module.high.tolist(),
-        "obs_mean": module.mean.tolist(),
-        "obs_denominator": module.denom.tolist(),
-        "checkpoint": str(run.checkpoint),
-    }
+    meta = _metadata(run, module)
     payload = io.BytesIO()
     torch.save({"format": meta["format"], "config": run.config.to_dict(), "env": dict(run.env),
                 "module": {k: v.detach().clone() for k, v in module.state_dict().items()}}, payload)

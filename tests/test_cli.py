@@ -462,3 +462,25 @@ def test_coefficient_axis_goes_log_when_values_span_a_decade():
     assert not spans_decades([2.4, 2.5, 2.6])
     assert not spans_decades([0.0, 5.0])  # a zero cannot go on a log axis
     assert not spans_decades([])
+
+
+def test_export_as_onnx_gives_the_agents_actions(runs, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")  # the `onnx` extra (not installed by CI)
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    _, made = runs
+    d = made[("td3bc", 0)]
+    out_file = tmp_path / "policy.onnx"
+    code, out, err = main(["export", "--run-dir", d, "--out", out_file, "--format", "onnx"], capsys)
+    assert code == 0, err
+    assert "as ONNX: input 'obs' (batch, 3)" in out and "[torch.onnx]" not in out
+    run = load_run(d)
+    obs = np.random.default_rng(2).uniform([-1, -1, -8], [1, 1, 8], size=(5, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = run.agent.act(run.normalizer(torch.as_tensor(obs))).numpy()
+    got = ort.InferenceSession(str(out_file), providers=["CPUExecutionProvider"]).run(None, {"obs": obs})[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    props = {p.key: p.value for p in onnx.load(str(out_file)).metadata_props}
+    meta = json.loads(props["metaconstraint"])
+    assert meta["algo"] == "td3bc" and meta["env_id"] == "Pendulum-v1" and meta["obs_dim"] == 3
