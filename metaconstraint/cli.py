@@ -381,11 +381,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, args.checkpoint, device=args.device, echo=lambda text: print(text, file=sys.stderr))
     seed = run.config.resolved_eval_seed() if args.seed is None else args.seed
-    if (args.ref_min_score is None) != (args.ref_max_score is None):
-        return _fail("--ref-min-score and --ref-max-score go together (the returns that score 0 and 100): give both")
-    if args.ref_min_score is not None and args.ref_min_score == args.ref_max_score:
-        return _fail(f"--ref-min-score and --ref-max-score are both {args.ref_min_score}; no score can be computed")
-    ref = (args.ref_min_score, args.ref_max_score) if args.ref_min_score is not None else run.reference()
+    given_ref = _ref_pair(args)
+    ref = given_ref if given_ref is not None else run.reference()
     target = args.env_id if args.env_id else run.env_target(args.trust_env_spec)  # typed by the user: trusted
     if args.env_id:
         from .evaluation import check_eval_env
@@ -418,6 +415,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ref_pair(args: argparse.Namespace) -> tuple[float, float] | None:
+    """--ref-min-score/--ref-max-score as a pair (both or neither, and different), or None."""
+    if (args.ref_min_score is None) != (args.ref_max_score is None):
+        _fail("--ref-min-score and --ref-max-score go together (the returns that score 0 and 100): give both")
+    if args.ref_min_score is None:
+        return None
+    if args.ref_min_score == args.ref_max_score:
+        _fail(f"--ref-min-score and --ref-max-score are both {args.ref_min_score}; no score can be computed")
+    return args.ref_min_score, args.ref_max_score
+
+
 def _tty() -> bool:
     try:
         return sys.stderr.isatty()
@@ -446,13 +454,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_markdown
 
-    if (args.ref_min_score is None) != (args.ref_max_score is None):
-        return _fail("--ref-min-score and --ref-max-score go together (the returns that score 0 and 100): give both")
-    if args.ref_min_score is not None and args.ref_min_score == args.ref_max_score:
-        return _fail(f"--ref-min-score and --ref-max-score are both {args.ref_min_score}; no score can be computed")
+    given_ref = _ref_pair(args)
     if args.env_id and args.ref_min_score is None:
         return _fail("--env-id picks the runs that --ref-min-score/--ref-max-score normalise; give those too")
-    ref = (args.ref_min_score, args.ref_max_score) if args.ref_min_score is not None else None
+    ref = given_ref
     try:
         text = report_markdown(args.runs_dir, title=args.title, per_seed=args.per_seed, pool=args.pool, ref=ref,
                                ref_env=args.env_id)
