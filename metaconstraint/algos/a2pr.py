@@ -73,6 +73,7 @@ class A2PR(TD3BC):
     """TD3+BC with an advantage-selected BC target (data action or VAE-refined policy action)."""
 
     name = "a2pr"
+    checkpointed = TD3BC.checkpointed + ("value", "value_opt", "vae", "vae_opt")
     Config = A2PRConfig
     metric_names = TD3BC.metric_names + ("value_loss", "vae_loss", "recon_loss", "kl_loss", "vae_target_frac")
     presets = A2PR_PRESETS
@@ -149,23 +150,6 @@ class A2PR(TD3BC):
             return Terms(loss=-lam * q.mean() + bc.mean(), value=q.mean(), constraint=bc, aux=aux)
 
         return objective
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state.update(
-            value=self.value.state_dict(),
-            value_opt=self.value_opt.state_dict(),
-            vae=self.vae.state_dict(),
-            vae_opt=self.vae_opt.state_dict(),
-        )
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.value.load_state_dict(state["value"])
-        self.value_opt.load_state_dict(state["value_opt"])
-        self.vae.load_state_dict(state["vae"])
-        self.vae_opt.load_state_dict(state["vae_opt"])
 
 
 __all__ = ["A2PR", "A2PRConfig", "A2PR_PRESETS"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import asdict
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from .. import optim
 from ..batch import Batch
 
 
@@ -64,3 +66,44 @@ def named_constraint_logs(logs: dict[str, Tensor], loss: str, value: str, constr
     out = dict(logs)
     renamed = {loss: out.pop("loss"), value: out.pop("value"), constraint: out.pop("constraint"), coef: out.pop("coef")}
     return {**renamed, **out}
+
+
+class Checkpointed:
+    """``state_dict`` / ``load_state_dict`` over the members an agent declares.
+
+    ``checkpointed``: attribute names of modules, ``torch.optim`` optimizers, constraint objects
+    (saved by their own ``state_dict``) and tensors (saved as a copy); ``functional_opt_states``:
+    ``{state attribute: (optimizer attribute, module attribute)}`` for functional optimizer
+    states, checked against the module's parameters (and upgraded from older formats) on load.
+    The checkpoint's keys are the attribute names, plus ``algo``, ``config``, ``num_updates``
+    and ``rng`` (the agent's own generator).
+    """
+
+    checkpointed: ClassVar[tuple[str, ...]] = ()
+    functional_opt_states: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"algo": self.name, "config": asdict(self.config)}
+        for k in self.checkpointed:
+            member = getattr(self, k)
+            state[k] = member.detach().clone() if isinstance(member, Tensor) else member.state_dict()
+        for k in self.functional_opt_states:
+            state[k] = optim.detach_state(getattr(self, k))
+        state.update(num_updates=self.num_updates, rng=self.rng.get_state())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("algo") != self.name:
+            raise ValueError(f"checkpoint is for algorithm '{state.get('algo')}', not '{self.name}'")
+        for k in self.checkpointed:
+            member = getattr(self, k)
+            if isinstance(member, Tensor):
+                with torch.no_grad():
+                    member.copy_(state[k])
+            else:
+                member.load_state_dict(state[k])
+        for k, (opt, module) in self.functional_opt_states.items():
+            params = dict(getattr(self, module).named_parameters())
+            setattr(self, k, optim.upgrade_legacy_state(getattr(self, opt), params, state[k]))
+        self.num_updates = int(state["num_updates"])
+        self.rng.set_state(state["rng"])

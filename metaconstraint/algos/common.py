@@ -28,17 +28,6 @@ def constraint_step(
     return result.opt_state, dict(result.logs)
 
 
-def check_algo(state: dict[str, Any], name: str) -> None:
-    """Refuse a checkpoint written by another algorithm, with a readable message."""
-    if state.get("algo") != name:
-        raise ValueError(f"checkpoint is for algorithm '{state.get('algo')}', not '{name}'")
-
-
-def load_opt_state(opt: optim.GradientTransformation, module: nn.Module, saved: Any) -> Any:
-    """A functional optimizer state from a checkpoint (older formats upgraded), checked against ``module``."""
-    return optim.upgrade_legacy_state(opt, dict(module.named_parameters()), saved)
-
-
 # the D4RL AntMaze datasets (keys of per-dataset presets, as metaconstraint.config.dataset_key spells them)
 ANTMAZE_DATASETS = tuple(
     f"antmaze-{m}" for m in ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")

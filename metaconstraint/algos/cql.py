@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple
 
 import torch
@@ -64,11 +64,9 @@ from .common import (
     BILEVEL_METRICS,
     CoefficientSettings,
     adaptive_constraint_from,
-    check_algo,
     constraint_step,
-    load_opt_state,
 )
-from .base import check_finite, named_constraint_logs
+from .base import Checkpointed, check_finite, named_constraint_logs
 from .td3bc import init_agent, soft_update
 
 # the CQL authors' per-domain settings, by domain and by D4RL dataset (the MuJoCo ones are the defaults)
@@ -130,10 +128,13 @@ class CQLSamples(NamedTuple):
     y: Tensor  # (B,) TD target
 
 
-class CQL:
+class CQL(Checkpointed):
     """CQL(H) with a fixed alpha_cql (optionally the Lagrangian variant)."""
 
     name = "cql"
+    checkpointed = ("actor", "critic", "critic_target", "actor_opt", "log_entropy_alpha", "entropy_opt",
+                    "log_alpha_prime", "alpha_prime_opt", "constraint")  # fmt: skip
+    functional_opt_states = {"critic_opt_state": ("critic_opt", "critic")}
     Config = CQLConfig
     coefficient_name = "cql_alpha"
     metric_names: tuple[str, ...] = (
@@ -281,36 +282,6 @@ class CQL:
     def act(self, observations: Tensor) -> Tensor:
         """Deterministic action ``max_action * tanh(mu(s))`` for *normalised* observations."""
         return self.actor.deterministic(observations.to(self.device))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": self.name,
-            "config": asdict(self.config),
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt_state": optim.detach_state(self.critic_opt_state),
-            "log_entropy_alpha": self.log_entropy_alpha.detach().clone(),
-            "entropy_opt": self.entropy_opt.state_dict(),
-            "log_alpha_prime": self.log_alpha_prime.detach().clone(),
-            "alpha_prime_opt": self.alpha_prime_opt.state_dict(),
-            "constraint": self.constraint.state_dict(),
-            "num_updates": self.num_updates,
-            "rng": self.rng.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_algo(state, self.name)
-        for k in ("actor", "critic", "critic_target", "actor_opt", "entropy_opt", "alpha_prime_opt"):
-            getattr(self, k).load_state_dict(state[k])
-        self.critic_opt_state = load_opt_state(self.critic_opt, self.critic, state["critic_opt_state"])
-        with torch.no_grad():
-            self.log_entropy_alpha.copy_(state["log_entropy_alpha"])
-            self.log_alpha_prime.copy_(state["log_alpha_prime"])
-        self.constraint.load_state_dict(state["constraint"])
-        self.num_updates = int(state["num_updates"])
-        self.rng.set_state(state["rng"])
 
 
 @dataclass

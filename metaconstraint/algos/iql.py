@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -49,11 +49,9 @@ from .common import (
     BILEVEL_METRICS,
     CoefficientSettings,
     adaptive_constraint_from,
-    check_algo,
     constraint_step,
-    load_opt_state,
 )
-from .base import check_finite, named_constraint_logs
+from .base import Checkpointed, check_finite, named_constraint_logs
 from .td3bc import init_agent, soft_update
 
 POLICIES = ("gaussian", "deterministic")
@@ -118,10 +116,12 @@ def cosine_decay(lr: float, steps: int):
     return schedule
 
 
-class IQL:
+class IQL(Checkpointed):
     """Implicit Q-learning with a fixed temperature beta."""
 
     name = "iql"
+    checkpointed = ("actor", "critic", "critic_target", "value", "critic_opt", "value_opt", "constraint")
+    functional_opt_states = {"actor_opt_state": ("actor_opt", "actor")}
     Config = IQLConfig
     coefficient_name = "beta"
     metric_names: tuple[str, ...] = ("value_loss", "critic_loss", "actor_loss", "adv_mean", "bc_loss", "q_mean", "beta")
@@ -235,31 +235,6 @@ class IQL:
         """Deterministic action (the policy's mean) for *normalised* observations."""
         out = self.actor(observations.to(self.device))
         return out[0] if isinstance(out, tuple) else out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": self.name,
-            "config": asdict(self.config),
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "value": self.value.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "value_opt": self.value_opt.state_dict(),
-            "actor_opt_state": optim.detach_state(self.actor_opt_state),
-            "constraint": self.constraint.state_dict(),
-            "num_updates": self.num_updates,
-            "rng": self.rng.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_algo(state, self.name)
-        for k in ("actor", "critic", "critic_target", "value", "critic_opt", "value_opt"):
-            getattr(self, k).load_state_dict(state[k])
-        self.actor_opt_state = load_opt_state(self.actor_opt, self.actor, state["actor_opt_state"])
-        self.constraint.load_state_dict(state["constraint"])
-        self.num_updates = int(state["num_updates"])
-        self.rng.set_state(state["rng"])
 
 
 @dataclass

@@ -12,7 +12,7 @@ is this class with a different constraint object and the robust critic.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -24,7 +24,7 @@ from .. import optim
 from ..batch import Batch
 from ..constraint import FixedCoefficient, FixedConstraint, Terms
 from ..nets import Actor, TwinCritic, make_critic
-from .base import check_finite, named_constraint_logs
+from .base import Checkpointed, check_finite, named_constraint_logs
 
 
 @dataclass
@@ -76,10 +76,12 @@ def init_agent(
     return agent.config
 
 
-class TD3BC:
+class TD3BC(Checkpointed):
     """TD3+BC with a fixed alpha. Subclasses change the actor's constraint object."""
 
     name = "td3bc"
+    checkpointed = ("actor", "actor_target", "critic", "critic_target", "critic_opt", "constraint")
+    functional_opt_states = {"actor_opt_state": ("actor_opt", "actor")}
     Config = TD3BCConfig
     metric_names: tuple[str, ...] = ("critic_loss", "actor_loss", "bc_loss", "q_mean", "alpha")
     coefficient_name = "alpha"  # the log key of the constraint coefficient
@@ -204,34 +206,6 @@ class TD3BC:
     def act(self, observations: Tensor) -> Tensor:
         """Deterministic action for *normalised* observations."""
         return self.actor(observations.to(self.device))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": self.name,
-            "config": asdict(self.config),
-            "actor": self.actor.state_dict(),
-            "actor_target": self.actor_target.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "actor_opt_state": optim.detach_state(self.actor_opt_state),
-            "constraint": self.constraint.state_dict(),
-            "num_updates": self.num_updates,
-            "rng": self.rng.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("algo") != self.name:
-            raise ValueError(f"checkpoint is for algorithm '{state.get('algo')}', not '{self.name}'")
-        self.actor.load_state_dict(state["actor"])
-        self.actor_target.load_state_dict(state["actor_target"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.actor_opt_state = optim.upgrade_legacy_state(self.actor_opt, self._actor_params(), state["actor_opt_state"])
-        self.constraint.load_state_dict(state["constraint"])
-        self.num_updates = int(state["num_updates"])
-        self.rng.set_state(state["rng"])
 
 
 __all__ = ["TD3BC", "TD3BCConfig", "init_agent", "soft_update"]

@@ -14,7 +14,7 @@ the mean over action dimensions (the spec's shared convention).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ class WPC(TD3BC):
 
     name = "wpc"
     Config = WPCConfig
+    checkpointed = TD3BC.checkpointed + ("value", "value_opt")
     metric_names = TD3BC.metric_names + ("value_loss", "bc_weight")
 
     def _make_extra_networks(self) -> None:
@@ -83,16 +84,6 @@ class WPC(TD3BC):
             return Terms(loss=-lam * q.mean() + bc.mean(), value=q.mean(), constraint=bc, aux=stats)
 
         return objective
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state.update(value=self.value.state_dict(), value_opt=self.value_opt.state_dict())
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.value.load_state_dict(state["value"])
-        self.value_opt.load_state_dict(state["value_opt"])
 
 
 __all__ = ["WPC", "WPCConfig"]
