@@ -107,3 +107,21 @@ class Checkpointed:
             setattr(self, k, optim.upgrade_legacy_state(getattr(self, opt), params, state[k]))
         self.num_updates = int(state["num_updates"])
         self.rng.set_state(state["rng"])
+
+
+def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) target + tau source`` for every parameter."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def init_agent(
+    agent: Any, obs_dim: int, act_dim: int, max_action: float, config: Any, device: Any, dtype: torch.dtype
+) -> Any:
+    """The constructor preamble every agent shares: default and validated config, device,
+    dtype and sizes set on ``agent``. Returns the config."""
+    agent.config = config if config is not None else agent.Config()
+    agent.config.validate()
+    agent.device, agent.dtype = torch.device(device), dtype
+    agent.obs_dim, agent.act_dim, agent.max_action = obs_dim, act_dim, float(max_action)
+    return agent.config

@@ -66,8 +66,7 @@ from .common import (
     adaptive_constraint_from,
     constraint_step,
 )
-from .base import Checkpointed, check_finite, named_constraint_logs
-from .td3bc import init_agent, soft_update
+from .base import Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
 
 # the CQL authors' per-domain settings, by domain and by D4RL dataset (the MuJoCo ones are the defaults)
 CQL_PRESETS: dict[str, dict[str, Any]] = {

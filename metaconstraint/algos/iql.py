@@ -51,8 +51,7 @@ from .common import (
     adaptive_constraint_from,
     constraint_step,
 )
-from .base import Checkpointed, check_finite, named_constraint_logs
-from .td3bc import init_agent, soft_update
+from .base import Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
 
 POLICIES = ("gaussian", "deterministic")
 

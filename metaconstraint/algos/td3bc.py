@@ -24,7 +24,7 @@ from .. import optim
 from ..batch import Batch
 from ..constraint import FixedCoefficient, FixedConstraint, Terms
 from ..nets import Actor, TwinCritic, make_critic
-from .base import Checkpointed, check_finite, named_constraint_logs
+from .base import Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
 
 
 @dataclass
@@ -56,24 +56,6 @@ class TD3BCConfig:
         if self.planned_steps < 1:
             raise ValueError(f"planned_steps must be >= 1, got {self.planned_steps}")
         self.actor_hidden = tuple(int(h) for h in self.actor_hidden)
-
-
-def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
-    """``target <- (1 - tau) target + tau source`` for every parameter."""
-    with torch.no_grad():
-        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
-def init_agent(
-    agent: Any, obs_dim: int, act_dim: int, max_action: float, config: Any, device: Any, dtype: torch.dtype
-) -> Any:
-    """The constructor preamble every agent shares: default and validated config, device,
-    dtype and sizes set on ``agent``. Returns the config."""
-    agent.config = config if config is not None else agent.Config()
-    agent.config.validate()
-    agent.device, agent.dtype = torch.device(device), dtype
-    agent.obs_dim, agent.act_dim, agent.max_action = obs_dim, act_dim, float(max_action)
-    return agent.config
 
 
 class TD3BC(Checkpointed):
