@@ -465,7 +465,7 @@ def test_coefficient_axis_goes_log_when_values_span_a_decade():
 
 
 def test_export_as_onnx_gives_the_agents_actions(runs, tmp_path, capsys):
-    ort = pytest.importorskip("onnxruntime")  # the `onnx` extra (not installed by CI)
+    ort = pytest.importorskip("onnxruntime")  # the `onnx` extra (CI installs it)
     pytest.importorskip("onnxscript")
     import onnx
 

@@ -124,7 +124,7 @@ def _wandb_records(path: Path) -> list:
 
 
 def test_wandb_logs_offline_into_the_run_directory(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")  # the `wandb` extra (not installed by CI)
+    pytest.importorskip("wandb")  # the `wandb` extra (CI installs it)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))  # the run directory wins over the environment
     data = write_tiny_npz(tmp_path / "tiny.npz", episodes=2)
