@@ -26,6 +26,7 @@ from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .. import hypergrad, optim
+from ..hypergrad import _Carry  # tensors through a torch.func transform, other leaves beside it
 from ..batch import Batch
 from ..constraint import first_order_step
 
@@ -38,19 +39,13 @@ def vmap_tree(fn: Callable[..., Any], *args: Any) -> Any:
     Non-tensor leaves (an optimizer's step count, ``None``) are shared by all members and must
     come out of ``fn`` the same for all; they pass beside the transform, which maps tensors only.
     """
-    leaves, spec = tree_flatten(args)
-    is_tensor = [isinstance(x, Tensor) for x in leaves]
-    out: dict[str, Any] = {}
+    inputs, outputs = _Carry(), _Carry()
+    tensors = inputs.pack(args)
 
-    def on_tensors(*tensors: Tensor) -> list[Tensor]:
-        it = iter(tensors)
-        result = fn(*tree_unflatten([next(it) if t else x for x, t in zip(leaves, is_tensor)], spec))
-        out["leaves"], out["spec"] = tree_flatten(result)
-        return [x for x in out["leaves"] if isinstance(x, Tensor)]
+    def on_tensors(*mapped: Tensor) -> list[Tensor]:
+        return outputs.pack(fn(*inputs.unpack(list(mapped))))
 
-    mapped = vmap(on_tensors)(*[x for x, t in zip(leaves, is_tensor) if t])
-    it = iter(mapped)
-    return tree_unflatten([next(it) if isinstance(x, Tensor) else x for x in out["leaves"]], out["spec"])
+    return outputs.unpack(vmap(on_tensors)(*tensors))
 
 
 def _stack(trees: Sequence[Any]) -> Any:
