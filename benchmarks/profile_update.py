@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    extra = {"alpha_every": args.k_alpha} if args.algo == "aspc" else {}
+    extra = {"constraint": {"every": args.k_alpha}} if args.algo == "aspc" else {}
     agent = algos.make(
         args.algo, H.OBS_DIM, H.ACT_DIM, 1.0, device=device, critic=args.critic,
         actor_hidden=(args.width, args.width), critic_width=args.width, **extra,

@@ -62,10 +62,10 @@ class Problem:
     """ASPC's actor step as an (inner, outer) pair, built from a warmed-up agent."""
 
     def __init__(self, width: int, batch_size: int, device: torch.device):
-        # terms="L1" so the in-agent hypergradient has the same outer loss as the others.
+        # constraint.terms="L1" so the in-agent hypergradient has the same outer loss as the others.
         self.agent = algos.make(
             "aspc", H.OBS_DIM, H.ACT_DIM, 1.0, device=device, actor_hidden=(width, width),
-            critic_width=width, alpha_every=1, terms="L1", seed=0,
+            critic_width=width, constraint=dict(every=1, terms="L1"), seed=0,
         )
         batches = H.random_batches(4, batch_size, device, seed=2)
         for i in range(6):  # a warm Adam state and a trained-for-a-moment critic

@@ -25,7 +25,7 @@ SEED_COUNTS = (1, 4, 8)
 def test_seeds_throughput(benchmark, recorder, device, size, name, n, width, batch_size):
     common = dict(critic="robust", actor_hidden=(width, width), critic_width=width)
     if name == "aspc":
-        common["alpha_every"] = 10
+        common["constraint"] = {"every": 10}
     seeds = list(range(n))
     ensemble = SeedEnsemble(name, seeds, H.OBS_DIM, H.ACT_DIM, 1.0, device=device, **common)
     agents = [algos.make(name, H.OBS_DIM, H.ACT_DIM, 1.0, device=device, seed=s, **common) for s in seeds]

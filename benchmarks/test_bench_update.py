@@ -29,7 +29,8 @@ from metaconstraint import algos
 def _agents(critic: str, width: int, k_alpha: int, device: torch.device, horizon: int = 1):
     common = dict(critic=critic, actor_hidden=(width, width), critic_width=width, seed=0)
     td3 = algos.make("td3bc", H.OBS_DIM, H.ACT_DIM, 1.0, device=device, **common)
-    aspc = algos.make("aspc", H.OBS_DIM, H.ACT_DIM, 1.0, device=device, alpha_every=k_alpha, horizon=horizon, **common)
+    aspc = algos.make("aspc", H.OBS_DIM, H.ACT_DIM, 1.0, device=device, constraint=dict(every=k_alpha, horizon=horizon),
+                       **common)
     return td3, aspc
 
 

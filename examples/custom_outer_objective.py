@@ -1,16 +1,17 @@
 """Your own outer objective: ASPC's alpha judged over a 5-step lookahead instead of one step.
 
 ASPC's L1 reads the actor loss one Adam step ahead, a greedy signal. Here alpha's
-hypergradient is taken through ``horizon=5`` actor steps (same batch, same critic) and the
+hypergradient is taken through ``constraint.horizon=5`` actor steps (same batch, same critic) and the
 outer objective is the actor loss averaged over every iterate of that lookahead, with alpha
 held constant inside it (so alpha acts through the iterates only, as in ASPC's L1).
 Run: ``python examples/custom_outer_objective.py --steps 20000``.
 """
 
 import argparse
+import dataclasses
 
 import metaconstraint as mc
-from metaconstraint.constraint import AdaptiveConstraint, AdaptiveConstraintConfig
+from metaconstraint.constraint import adaptive_constraint
 
 
 def mean_loss_along_lookahead(trajectory, coef):
@@ -25,13 +26,9 @@ class LookaheadASPC(mc.algos.ASPC):
 
     def _make_constraint(self):
         c = self.config
-        return AdaptiveConstraint(
-            AdaptiveConstraintConfig(init=c.alpha, lr=c.alpha_lr, every=c.alpha_every, horizon=5),
-            planned_inner_steps=c.planned_steps // c.policy_freq,
-            device=self.device,
-            dtype=self.dtype,
-            outer=mean_loss_along_lookahead,
-        )
+        settings = dataclasses.replace(c.constraint, horizon=5)  # the config's block, through 5 actor steps
+        return adaptive_constraint(settings, c.alpha, c.planned_steps // c.policy_freq, self.device, self.dtype,
+                                   outer=mean_loss_along_lookahead)
 
 
 def main(steps: int = 20_000, width: int = 256, batch_size: int = 256) -> LookaheadASPC:

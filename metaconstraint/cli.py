@@ -26,7 +26,7 @@ EXAMPLES = """examples:
   metaconstraint eval --run-dir runs/td3bc-s1 --episodes 20
   metaconstraint plot runs/aspc-* runs/td3bc-*           # overlay, mean ± std over seeds
   metaconstraint report runs/
-  metaconstraint sweep --algo aspc --seeds 0-2 --set alpha_lr=2e-3,0.25 --out runs/sweep   # 6 runs on Ray
+  metaconstraint sweep --algo aspc --seeds 0-2 --set constraint.lr=2e-3,0.25 --out runs/sweep   # 6 runs on Ray
   metaconstraint export --run-dir runs/td3bc-s1 --out policy.pt
   metaconstraint data info my_robot_log.hdf5             # sizes, returns, reference scores, env of a dataset
 """
@@ -145,8 +145,9 @@ def _add_train(sub: Any) -> None:
     a("--run-dir", metavar="DIR", help="where the run is written (default: runs/<algo>-<dataset>-seed<S>-<time>)")
     a("--config", metavar="FILE.yaml", help="YAML settings (a run's config.yaml works); flags and --set override it")
     a("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-      help="override any setting: a run setting (steps=5000), agent.<field> (agent.alpha_every=5) or a bare "
-           "algorithm field (alpha_lr=1e-3); repeatable")
+      help="override any setting: a run setting (steps=5000), agent.<field> (agent.alpha=3) or a bare "
+           "algorithm field (alpha=3); a learned coefficient's update (aspc, *-adaptive) under constraint. "
+           "(constraint.lr=1e-3, constraint.every=5, constraint.horizon=5); repeatable")
     a("--device", metavar="cpu|cuda", help="training device (default: cpu)")
     a("--log-every", type=_positive_int, metavar="K", help=f"steps per metrics row (default: {q['log_every']} quick, {p['log_every']} paper)")
     a("--checkpoint-every", type=_nonneg_int, metavar="K",
@@ -504,6 +505,26 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- entry point
+def _renamed_settings_as_notes() -> None:
+    """Show a setting given by its old name as one ``note:`` line (not Python's two-line warning)."""
+    import warnings
+
+    from .config import RenamedSettingWarning
+
+    show = warnings.showwarning
+    if getattr(show, "renamed_as_notes", False):
+        return
+
+    def showwarning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if issubclass(category, RenamedSettingWarning):
+            print(f"note: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    showwarning.renamed_as_notes = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 3 diverged, 130/143 interrupted)."""
     parser = build_parser()
@@ -523,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .data import DataError
     except Exception:  # pragma: no cover
         DataError = ValueError  # type: ignore[misc,assignment]
+    _renamed_settings_as_notes()
     try:
         return int(args.func(args) or 0)
     except TrainingDiverged as err:

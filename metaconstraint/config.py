@@ -11,17 +11,23 @@ holds the algorithm's own config dataclass. Values come in layers, later ones wi
 5. ``--set key=value`` (``key`` is a run setting, ``agent.<field>``, or a bare algorithm field).
 
 Every value is checked against the dataclass field's type, and every key against the known
-ones, so a typo stops the run before any data is loaded.
+ones, so a typo stops the run before any data is loaded. A nested block of the algorithm's
+config (the ``constraint`` settings of ``aspc`` and the ``*-adaptive`` algorithms) is a mapping
+in YAML and a dotted key elsewhere (``--set constraint.lr=0.04``). A setting given by a name it
+had before a rename (:data:`RENAMED_AGENT_SETTINGS`) loads under its new name with a
+:class:`RenamedSettingWarning`, so old configs, sweep specs and checkpoints keep working.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -31,13 +37,17 @@ import yaml
 __all__ = [
     "ConfigError",
     "PRESETS",
+    "RENAMED_AGENT_SETTINGS",
+    "RenamedSettingWarning",
     "RunConfig",
     "algo_class",
     "coefficient_name",
     "dump_yaml",
+    "is_agent_setting",
     "load_yaml",
     "parse_overrides",
     "preset_reason",
+    "renamed_agent_setting",
     "resolve",
     "run_config_from_dict",
 ]
@@ -74,6 +84,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 class ConfigError(ValueError):
     """A bad configuration value or key; the message says what to change."""
+
+
+class RenamedSettingWarning(FutureWarning):
+    """A setting was given by its old name; it loads under the new one, which the message names."""
+
+
+# Old name -> current name of the settings of a learned coefficient. ASPC spelled them alpha_*, the
+# *-adaptive algorithms coef_*, and both had terms, delta_q, ... at the top of the agent's config; all
+# now live in its ``constraint`` block under ConstraintSettings' names. Applies to the algorithms that
+# have that block (others never had these settings).
+RENAMED_AGENT_SETTINGS: dict[str, str] = {
+    "alpha_lr": "constraint.lr",
+    "coef_lr": "constraint.lr",
+    "alpha_every": "constraint.every",
+    "coef_every": "constraint.every",
+    "alpha_lr_decay_to": "constraint.lr_decay_to",
+    "coef_lr_decay_to": "constraint.lr_decay_to",
+    **{k: f"constraint.{k}" for k in ("terms", "delta_q", "ema_decay", "horizon", "method")},
+}
 
 
 @dataclass
@@ -155,9 +184,79 @@ def dataset_key(dataset: str) -> str:
 
 
 def _agent_fields(cls: type) -> dict[str, Any]:
-    """Field name -> resolved type of an algorithm config dataclass."""
+    """Setting name -> resolved type of an algorithm config dataclass; a nested dataclass field
+    (``constraint``) gives one dotted name per field of its own (``constraint.lr``)."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints.get(f.name, Any)
+        if dataclasses.is_dataclass(tp):
+            out.update({f"{f.name}.{k}": v for k, v in _agent_fields(tp).items()})
+        else:
+            out[f.name] = tp
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _known_agent_fields(algo: str) -> dict[str, Any] | None:
+    try:
+        return _agent_fields(algo_class(algo).Config)
+    except ConfigError:
+        return None
+
+
+def _renamed(name: str, agent_types: Mapping[str, Any]) -> str | None:
+    new = RENAMED_AGENT_SETTINGS.get(name)
+    return new if new is not None and name not in agent_types and new in agent_types else None
+
+
+def renamed_agent_setting(algo: str, name: str) -> str | None:
+    """The current name of ``algo``'s setting ``name`` when that is a name from before a rename
+    (:data:`RENAMED_AGENT_SETTINGS`), else None (also for an algorithm this package does not know)."""
+    fields = _known_agent_fields(algo)
+    return None if fields is None else _renamed(name, fields)
+
+
+def is_agent_setting(algo: str, name: str) -> bool:
+    """Whether ``name`` (no ``agent.`` prefix) names a setting of ``algo``'s config: a field, a
+    dotted field of a nested block (``constraint.lr``), the block itself, or an old name of one."""
+    fields = _known_agent_fields(algo)
+    if fields is None:
+        return False
+    return name in fields or any(k.startswith(f"{name}.") for k in fields) or _renamed(name, fields) is not None
+
+
+def _use_current_names(layer: dict[str, Any], agent_types: Mapping[str, Any], where: str) -> None:
+    """Rename old ``agent.*`` keys of one layer in place (order kept), with one notice per old name."""
+    if not any(k.startswith("agent.") and _renamed(k[6:], agent_types) for k in layer):
+        return
+    items = list(layer.items())
+    layer.clear()
+    for key, value in items:
+        new = _renamed(key[6:], agent_types) if key.startswith("agent.") else None
+        if new is not None:
+            if f"agent.{new}" in dict(items):
+                raise ConfigError(f"{where} gives both {key} and agent.{new}, which is its new name; keep agent.{new}")
+            warnings.warn(f"setting {key} is now called agent.{new} (the old name still loads; write the new one)",
+                          RenamedSettingWarning)  # one location: printed once per old name
+            key = f"agent.{new}"
+        layer[key] = value
+
+
+def _nest(values: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """Flat agent settings (``constraint.lr``) as the config's constructor arguments (a nested dataclass)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    blocks: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        parent, dot, sub = key.partition(".")
+        if dot:
+            blocks.setdefault(parent, {})[sub] = value
+        else:
+            out[key] = value
+    for parent, sub in blocks.items():
+        out[parent] = hints[parent](**_nest(sub, hints[parent]))
+    return out
 
 
 _RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"agent"}
@@ -260,7 +359,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set expects key=value (e.g. --set agent.alpha_every=5), got {item!r}")
+            raise ConfigError(f"--set expects key=value (e.g. --set agent.constraint.every=5), got {item!r}")
         out[key] = value.strip()
     return out
 
@@ -294,20 +393,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML with every mapping in block style (a nested block reads like the agent section); lists stay inline."""
+
+
+_Dumper.add_representer(dict, lambda d, data: d.represent_mapping("tag:yaml.org,2002:map", data, flow_style=False))
+
+
 def dump_yaml(config: RunConfig, path: str | Path | None = None) -> str:
     """The fully resolved config as YAML (written to ``path`` when given)."""
     header = (
         "# metaconstraint run config (fully resolved). Re-run with: metaconstraint train --config THIS_FILE\n"
         "# agent.seed and agent.planned_steps follow seed and steps.\n"
     )
-    text = header + yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
+    text = header + yaml.dump(config.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=None)
     if path is not None:
         Path(path).write_text(text)
     return text
 
 
 def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``{"agent": {"alpha": 3}}`` -> ``{"agent.alpha": 3}`` (only the agent section nests)."""
+    """``{"agent": {"alpha": 3, "constraint": {"lr": 0.1}}}`` -> ``{"agent.alpha": 3, "agent.constraint.lr": 0.1}``
+    (only the agent section nests)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if key == "agent":
@@ -315,10 +422,19 @@ def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
                 continue
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}: 'agent' must be a mapping of the algorithm's settings")
-            for k, v in value.items():
-                out[f"agent.{k}"] = v
+            out.update(_dotted(value, "agent."))
         else:
             out[str(key)] = value
+    return out
+
+
+def _dotted(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, Mapping):
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
 
@@ -365,10 +481,12 @@ def resolve(
     cls = algo_class(algo)
     agent_types = _agent_fields(cls.Config)
 
-    # Bare algorithm keys in --set (e.g. alpha_every=5) mean agent.<key> when unambiguous.
+    # Bare algorithm keys in --set (e.g. constraint.every=5) mean agent.<key> when unambiguous.
     for key in list(set_layer):
-        if key not in run_types and not key.startswith("agent.") and key in agent_types:
+        if key not in run_types and not key.startswith("agent.") and (key in agent_types or _renamed(key, agent_types)):
             set_layer[f"agent.{key}"] = set_layer.pop(key)
+    for where, layer in layers:
+        _use_current_names(layer, agent_types, where)
 
     # Unknown keys: stop with the closest known names.
     known = set(run_types) | {f"agent.{k}" for k in agent_types}
@@ -434,7 +552,7 @@ def resolve(
         agent_values["planned_steps"] = values["steps"]
     check_agent_ranges(agent_values, algo)
     try:
-        agent_cfg = cls.Config(**agent_values)
+        agent_cfg = cls.Config(**_nest(agent_values, cls.Config))
         if hasattr(agent_cfg, "validate"):
             agent_cfg.validate()
     except (ValueError, TypeError) as err:
@@ -471,7 +589,7 @@ def _range_rule(name: str) -> tuple[str, Callable[[float], bool]] | None:
         return "in (0, 1]", lambda v: 0 < v <= 1
     if name.endswith("_decay"):
         return "in [0, 1)", lambda v: 0 <= v < 1
-    if name.endswith(("_hidden", "_width", "_depth", "_every", "_freq")) or name.startswith("num_"):
+    if name == "every" or name.endswith(("_hidden", "_width", "_depth", "_every", "_freq")) or name.startswith("num_"):
         return "an integer >= 1", lambda v: v >= 1
     return None
 
@@ -482,7 +600,7 @@ def check_agent_ranges(values: Mapping[str, Any], algo: str) -> None:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         if name.endswith("_hidden") and not items:
             raise ConfigError(f"agent.{name} ({algo}) needs at least one layer width, got {value!r}")
-        rule = _range_rule(name)
+        rule = _range_rule(name.rsplit(".", 1)[-1])
         for v in items:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .config import renamed_agent_setting
+
 __all__ = [
     "NOT_RESULT", "RunData", "check_pool", "find_runs", "flat_settings", "group_runs", "load_run_data", "plot_run", "plot_runs",
     "resolved_settings", "settings_key", "variant_labels",
@@ -123,15 +125,27 @@ _NOT_LABELLED = ("algo", "dataset", "tag", "agent.planned_steps")
 
 
 def flat_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"steps": 8000, "agent": {"alpha": 2.5}}`` -> ``{"steps": 8000, "agent.alpha": 2.5}`` (tuples as lists)."""
+    """``{"steps": 8000, "agent": {"alpha": 2.5, "constraint": {"lr": 0.1}}}`` -> ``{"steps": 8000,
+    "agent.alpha": 2.5, "agent.constraint.lr": 0.1}`` (tuples as lists). A setting saved under a name it
+    had before a rename (``alpha_lr``) is listed under its current name (``agent.constraint.lr``)."""
 
     def plain(v: Any) -> Any:
         return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
+    def agent(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for k, v in values.items():
+            if isinstance(v, Mapping):
+                found.update(agent(v, f"{prefix}{k}."))
+            else:
+                name = renamed_agent_setting(str(config.get("algo")), k) if not prefix else None
+                found[f"agent.{name or prefix + str(k)}"] = plain(v)
+        return found
+
     out: dict[str, Any] = {}
     for key, value in config.items():
         if key == "agent" and isinstance(value, Mapping):
-            out.update({f"agent.{k}": plain(v) for k, v in value.items()})
+            out.update(agent(value, ""))
         elif key != "agent":
             out[str(key)] = plain(value)
     return out

@@ -23,7 +23,7 @@ Spec::
           - {name: td3bc-robust, algo: td3bc, critic: robust}
         dataset: [metaconstraint/pendulum/medium-v0, metaconstraint/pendulum/expert-v0]
         seed: 0-2                        # or a list
-        alpha_lr: [0.25]                 # any other key: a list of values, crossed
+        constraint.lr: [0.25]            # any other key: a list of values, crossed
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from .config import ConfigError, RunConfig, algo_class, dataset_key, resolve
+from .config import ConfigError, RunConfig, algo_class, dataset_key, is_agent_setting, resolve
 from .plotting import NOT_RESULT, flat_settings, format_value, settings_key
 from .training import read_summary
 
@@ -96,7 +96,7 @@ def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
 
 
 def parse_set(items: Iterable[str]) -> dict[str, list[Any]]:
-    """``["alpha_lr=0.25,0.5", "actor_hidden=[64,64],[32,32]"]`` -> each key's list of values.
+    """``["constraint.lr=0.25,0.5", "actor_hidden=[64,64],[32,32]"]`` -> each key's list of values.
 
     Values are read as a YAML flow sequence: a comma separates values, brackets keep a list value
     together, quotes keep a comma inside a string."""
@@ -105,7 +105,7 @@ def parse_set(items: Iterable[str]) -> dict[str, list[Any]]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or not text.strip():
-            raise SpecError(f"--set expects key=value or key=v1,v2 (e.g. --set alpha_lr=0.25,0.5), got {item!r}")
+            raise SpecError(f"--set expects key=value or key=v1,v2 (e.g. --set constraint.lr=0.25,0.5), got {item!r}")
         try:
             values = yaml.safe_load(f"[{text}]")
         except yaml.YAMLError as err:
@@ -164,9 +164,9 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _nested(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat settings (``alpha_lr``, ``agent.alpha_lr``, ``steps``) as the run config's layout."""
-    algo = values.get("algo", RunConfig.algo)
-    fields = {f.name for f in dataclasses.fields(algo_class(str(algo)).Config)}
+    """Flat settings (``constraint.lr``, ``agent.constraint.lr``, ``steps``) as the run config's layout."""
+    algo = str(values.get("algo", RunConfig.algo))
+    algo_class(algo)  # an unknown algorithm: its readable error
     out: dict[str, Any] = {}
     agent: dict[str, Any] = dict(_mapping(values.get("agent"), "agent"))
     for key, value in values.items():
@@ -174,12 +174,20 @@ def _nested(values: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if key.startswith("agent."):
             agent[key[6:]] = value
-        elif key not in _RUN_FIELDS and key in fields:
+        elif key not in _RUN_FIELDS and is_agent_setting(algo, key):
             agent[key] = value
         else:
             out[key] = value  # a run setting, or an unknown key that resolve() names with suggestions
     if agent:
         out["agent"] = agent
+    return out
+
+
+def _dotted_items(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"constraint": {"lr": 0.25}}`` -> ``[("constraint.lr", 0.25)]``: a block's settings as a run name shows them."""
+    out: list[tuple[str, Any]] = []
+    for k, v in values.items():
+        out += _dotted_items(v, f"{prefix}{k}.") if isinstance(v, Mapping) else [(f"{prefix}{k}", v)]
     return out
 
 
@@ -252,7 +260,7 @@ def _plan_one(root: Path, common: Mapping[str, Any], cfg: Mapping[str, Any], cho
         raise SpecError(f"{where} ({values.get('algo', RunConfig.algo)}, dataset {dataset}, seed {seed}): {err}") from None
     if name is None:
         shown = {**cfg, **{k: v for k, v in chosen.items() if k in varying}}
-        parts = [f"{k}={format_value(v)}" for k, v in shown.items() if k != "algo"]
+        parts = [f"{k}={format_value(v)}" for k, v in _dotted_items(shown) if k != "algo"]
         name = "-".join([config.algo, *parts])
     variant = _slug(str(name))
     data = config.dataset
@@ -567,7 +575,7 @@ def add_parser(sub: Any) -> None:
             "examples:\n"
             "  metaconstraint sweep experiments/suite.yaml\n"
             "  metaconstraint sweep --algo aspc td3bc --dataset pendulum-medium --seeds 0-2 --out runs/grid\n"
-            "  metaconstraint sweep --algo aspc --seeds 0-1 --set alpha_lr=2e-3,0.25 --set steps=4000 --out runs/lr\n"
+            "  metaconstraint sweep --algo aspc --seeds 0-1 --set constraint.lr=2e-3,0.25 --set steps=4000 --out runs/lr\n"
             "  metaconstraint sweep SPEC.yaml --address ray-head:6379 --out /shared/runs   # an existing cluster\n"
             "\n--set KEY=V1,V2 makes KEY an axis of the grid (values crossed with everything else); a list value goes\n"
             "in brackets (actor_hidden=[64,64],[32,32]). Exit status: 0 all runs finished, 1 some failed, 2 bad input."

@@ -381,7 +381,7 @@ def test_policies_log_probabilities_match_torch_distributions():
 
 def outer_terms(agent, before_value, after_value, bc, bc2, frozen):
     """L2 and L3 of the spec from the value and per-sample constraint before/after the step."""
-    c = agent.config
+    c = agent.config.constraint
     q_ema = agent.constraint.memory["q_ema"]
     dq = (1 - c.ema_decay) * after_value + c.ema_decay * q_ema - q_ema if c.delta_q == "ema" else after_value - before_value
     l2 = dq**2
@@ -468,7 +468,7 @@ def reference_cql(agent, batch, samples, rho, frozen=None):
 
 def warmed_up(name, delta_q, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    agent = tiny(name, dtype=F64, delta_q=delta_q, coef_every=3, seed=1)
+    agent = tiny(name, dtype=F64, constraint=dict(delta_q=delta_q, every=3), seed=1)
     for _ in range(30):  # a few coefficient updates: Adam moments and the Q EMA are non-trivial
         agent.update(random_batch(gen))
     batch = random_batch(gen)
@@ -509,7 +509,7 @@ def test_idle_adaptive_variant_equals_its_baseline(fixed, adaptive):
     coef = {"rebrac": dict(actor_bc_coef=0.5), "cql": {}, "iql": {}}[fixed]  # 0.5 = softplus(rho) exactly
     gen = torch.Generator().manual_seed(7)
     batches = [random_batch(gen, dtype=torch.float32) for _ in range(40)]
-    base, idle, active = tiny(fixed, **coef), tiny(adaptive, coef_every=10**9, **coef), tiny(adaptive, coef_every=2, **coef)
+    base, idle, active = tiny(fixed, **coef), tiny(adaptive, constraint=dict(every=10**9), **coef), tiny(adaptive, constraint=dict(every=2), **coef)
     for b in batches:
         base.update(b)
         idle.update(b)
@@ -540,8 +540,8 @@ def test_cql_alpha_rises_on_expert_data_and_stays_lower_on_random_data():
     Adam allows), random 4.70, 5.12, 5.02, 4.90. ReBRAC's beta1 and IQL's beta show no stable
     ordering at test scale (see the README), so no direction is asserted for them.
     """
-    expert = learned_coefficient("cql-adaptive", "expert", 300, coef_lr=5e-2)
-    random = learned_coefficient("cql-adaptive", "random", 300, coef_lr=5e-2)
+    expert = learned_coefficient("cql-adaptive", "expert", 300, constraint=dict(lr=5e-2))
+    random = learned_coefficient("cql-adaptive", "random", 300, constraint=dict(lr=5e-2))
     assert expert > 5.2 and random < expert - 0.1, (expert, random)
 
 
@@ -550,7 +550,7 @@ def test_cql_alpha_rises_on_expert_data_and_stays_lower_on_random_data():
 
 @pytest.mark.parametrize("name", NEW + ("cql-lagrange",))
 def test_state_dict_resumes_exactly(name):
-    extra = {"coef_every": 2} if name.endswith("adaptive") else {}
+    extra = {"constraint": {"every": 2}} if name.endswith("adaptive") else {}
     if name == "cql-lagrange":
         name, extra = "cql", {"lagrange": True}
     gen = torch.Generator().manual_seed(8)
@@ -582,7 +582,7 @@ def test_config_errors_are_readable():
     with pytest.raises(ValueError, match="start > 0"):
         tiny("rebrac-adaptive", actor_bc_coef=0.0)
     with pytest.raises(ValueError, match="delta_q"):
-        tiny("iql-adaptive", delta_q="mean")
+        tiny("iql-adaptive", constraint=dict(delta_q="mean"))
     with pytest.raises(KeyError, match="no setting"):
         tiny("wpc", beta1=1.0)
     with pytest.raises(ValueError, match="checkpoint is for algorithm 'cql', not 'iql'"):

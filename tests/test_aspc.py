@@ -86,7 +86,7 @@ def reference_outer_loss(agent, batch, rho: torch.Tensor, frozen: dict | None = 
     Quantities the method detaches (mean|Q~| in L1, L2 inside L3) are taken from ``frozen``
     so that a finite difference in rho sees exactly what the hypergradient differentiates.
     """
-    c = agent.config
+    c = agent.config.constraint
     obs, act = batch.observations, batch.actions
     params = {k: v.detach().requires_grad_(True) for k, v in agent.actor.named_parameters()}
     fwd = lambda p: torch.func.functional_call(agent.actor, p, (obs,))  # noqa: E731
@@ -122,7 +122,7 @@ def reference_outer_loss(agent, batch, rho: torch.Tensor, frozen: dict | None = 
 @pytest.mark.parametrize("terms", TERM_SETS)
 def test_alpha_hypergradient_matches_finite_differences(terms, delta_q):
     gen = torch.Generator().manual_seed(0)
-    agent = small("aspc", dtype=torch.float64, terms=terms, delta_q=delta_q, alpha_every=3, seed=1)
+    agent = small("aspc", dtype=torch.float64, constraint=dict(terms=terms, delta_q=delta_q, every=3), seed=1)
     for _ in range(30):  # a few actor and alpha steps so Adam moments and the Q EMA are non-trivial
         agent.update(random_batch(gen, dtype=torch.float64))
     batch = random_batch(gen, dtype=torch.float64)
@@ -150,7 +150,7 @@ def test_each_stabiliser_hypergradient_matches_finite_differences(term, delta_q)
     """L2 and L3 alone: in the combined loss they are far below L1 and a finite difference of
     the sum could not tell whether their own derivative is right."""
     gen = torch.Generator().manual_seed(2)
-    agent = small("aspc", dtype=torch.float64, delta_q=delta_q, alpha_every=3, seed=5)
+    agent = small("aspc", dtype=torch.float64, constraint=dict(delta_q=delta_q, every=3), seed=5)
     for _ in range(30):
         agent.update(random_batch(gen, dtype=torch.float64))
     batch = random_batch(gen, dtype=torch.float64)
@@ -174,7 +174,7 @@ def test_hypergradient_sees_every_selected_term():
     gen = torch.Generator().manual_seed(3)
     grads = {}
     for terms in TERM_SETS:
-        agent = small("aspc", dtype=torch.float64, terms=terms, alpha_every=2, seed=0)
+        agent = small("aspc", dtype=torch.float64, constraint=dict(terms=terms, every=2), seed=0)
         g = torch.Generator().manual_seed(3)
         for _ in range(20):
             agent.update(random_batch(g, dtype=torch.float64))
@@ -193,7 +193,7 @@ def test_idle_aspc_equals_td3bc_bit_for_bit():
     gen = torch.Generator().manual_seed(0)
     batches = [random_batch(gen) for _ in range(200)]
     td3bc = small("td3bc", critic="robust", seed=4)
-    idle = small("aspc", alpha_every=10**9, seed=4)
+    idle = small("aspc", constraint=dict(every=10**9), seed=4)
     active = small("aspc", seed=4)
     for b in batches:
         td3bc.update(b)
@@ -215,7 +215,7 @@ def test_second_order_graph_only_on_alpha_steps(monkeypatch):
         return original(self, *a, **k)
 
     monkeypatch.setattr(AdaptiveConstraint, "hypergradient", spy)
-    agent = small("aspc", alpha_every=5)
+    agent = small("aspc", constraint=dict(every=5))
     gen = torch.Generator().manual_seed(0)
     for _ in range(40):  # 20 actor steps -> alpha updates after actor steps 5, 10, 15, 20
         agent.update(random_batch(gen))
@@ -225,7 +225,8 @@ def test_second_order_graph_only_on_alpha_steps(monkeypatch):
 # -- checkpoints and errors ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, extra", [("td3bc", {}), ("aspc", {"alpha_every": 2}), ("aspc", {"alpha_every": 2, "horizon": 3})])
+@pytest.mark.parametrize("name, extra", [("td3bc", {}), ("aspc", {"constraint": {"every": 2}}),
+                                         ("aspc", {"constraint": {"every": 2, "horizon": 3}})])
 def test_state_dict_resumes_exactly(name, extra):
     gen = torch.Generator().manual_seed(1)
     batches = [random_batch(gen) for _ in range(120)]

@@ -35,7 +35,7 @@ def tiny_npz(tmp_path_factory) -> Path:
 
 
 def tiny_train_args(dataset: Path, run_dir: Path, algo: str = "aspc", seed: int = 0, steps: int = 200):
-    sets = [s for s in TINY_SETS if not (algo != "aspc" and s.startswith("agent.alpha_every"))]
+    sets = [s for s in TINY_SETS if not (algo != "aspc" and s.startswith("agent.constraint."))]
     return ["train", "--algo", algo, "--dataset", dataset, "--steps", steps, "--eval-every", 0, "--seed", seed,
             "--run-dir", run_dir, "--quiet", "--set", *sets]
 
@@ -56,10 +56,11 @@ def runs(tiny_npz, tmp_path_factory):
 
 
 def test_override_values_are_parsed_by_the_fields_type():
-    c = resolve(sets=["steps=1e4", "agent.alpha_every=5", "alpha_lr=1e-3", "actor_hidden=[32, 48]",
-                      "critic_width=32", "normalize_obs=false", "reward_scale=0.5", "eval_seed=null", "terms=L1+L2"])
+    c = resolve(sets=["steps=1e4", "agent.constraint.every=5", "constraint.lr=1e-3", "actor_hidden=[32, 48]",
+                      "critic_width=32", "normalize_obs=false", "reward_scale=0.5", "eval_seed=null",
+                      "constraint.terms=L1+L2"])
     assert c.steps == 10_000 and isinstance(c.steps, int)
-    assert c.agent.alpha_every == 5 and c.agent.alpha_lr == 1e-3 and c.agent.terms == "L1+L2"
+    assert c.agent.constraint.every == 5 and c.agent.constraint.lr == 1e-3 and c.agent.constraint.terms == "L1+L2"
     assert c.agent.actor_hidden == (32, 48) and c.agent.critic_width == 32
     assert c.normalize_obs is False and c.reward_scale == 0.5 and c.eval_seed is None
     assert c.agent.planned_steps == 10_000 and c.agent.seed == c.seed  # derived from the run
@@ -79,7 +80,7 @@ def test_layers_file_then_flags_then_set(tmp_path):
 
 
 def test_a_saved_config_resolves_to_itself(tmp_path):
-    c = resolve(flags={"algo": "aspc", "steps": 1234, "seed": 2}, sets=["agent.alpha_every=3", "batch_size=32"])
+    c = resolve(flags={"algo": "aspc", "steps": 1234, "seed": 2}, sets=["agent.constraint.every=3", "batch_size=32"])
     path = tmp_path / "config.yaml"
     dump_yaml(c, path)
     again = resolve(file=path)
@@ -200,7 +201,7 @@ def test_report_tables_mean_and_std_over_seeds(runs, capsys, tmp_path):
     assert code == 0 and out_md.read_text() == out
     lines = out.splitlines()
     header = next(i for i, ln in enumerate(lines) if ln.startswith("| dataset |"))
-    assert lines[header] == "| dataset | aspc [alpha_every=2] | td3bc |"  # the tiny settings aspc alone has
+    assert lines[header] == "| dataset | aspc [constraint.every=2] | td3bc |"  # the tiny settings aspc alone has
     row = lines[header + 2]
     dataset = str(tiny_npz_path(made))
     cells = [c.strip() for c in row.strip("|").split("|")]

@@ -18,7 +18,7 @@ from tests.test_training import flat_tensors, metric_rows, run, write_tiny_npz
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 400
-SETS = ["agent.actor_hidden=16,16", "agent.critic_width=16", "agent.alpha_every=2", "batch_size=64",
+SETS = ["agent.actor_hidden=16,16", "agent.critic_width=16", "agent.constraint.every=2", "batch_size=64",
         "log_every=10", "checkpoint_every=20", "keep_checkpoints=3", "eval_episodes=2"]
 
 

@@ -38,8 +38,8 @@ def max_rel_diff(ens: SeedEnsemble, agents) -> float:
     return worst
 
 
-@pytest.mark.parametrize("name, extra", [("td3bc", {"critic": "robust"}), ("aspc", {"alpha_every": 2, "alpha_lr": 0.05}),
-                                         ("aspc", {"alpha_every": 3, "horizon": 2, "delta_q": "step"})])  # fmt: skip
+@pytest.mark.parametrize("name, extra", [("td3bc", {"critic": "robust"}), ("aspc", {"constraint": {"every": 2, "lr": 0.05}}),
+                                         ("aspc", {"constraint": {"every": 3, "horizon": 2, "delta_q": "step"}})])  # fmt: skip
 def test_vmapped_seeds_equal_separate_runs_float64(name, extra):
     batches = seed_batches(200)
     ens = tiny_ensemble(name, **extra)
@@ -59,8 +59,8 @@ def test_vmapped_seeds_equal_separate_runs_float64(name, extra):
 def test_vmapped_seeds_float32_tolerance():
     """float32: the vmapped kernels batch differently, so agreement is to rounding (stated: 1e-4 relative)."""
     batches = seed_batches(100, dtype=torch.float32)
-    ens = tiny_ensemble("aspc", dtype=torch.float32, alpha_every=2)
-    agents = [small("aspc", seed=s, alpha_every=2) for s in SEEDS]
+    ens = tiny_ensemble("aspc", dtype=torch.float32, constraint=dict(every=2))
+    agents = [small("aspc", seed=s, constraint=dict(every=2)) for s in SEEDS]
     for step in batches:
         ens.update(step)
         for agent, b in zip(agents, step):
@@ -71,7 +71,7 @@ def test_vmapped_seeds_float32_tolerance():
 def test_no_host_sync_between_log_points(monkeypatch):
     """An update reads nothing back to the host: .item(), bool(), float() and .tolist() are not called."""
     batches = seed_batches(12)
-    ens = tiny_ensemble("aspc", alpha_every=2)
+    ens = tiny_ensemble("aspc", constraint=dict(every=2))
     ens.update(batches[0])  # warm-up outside the count
     calls = []
     for method in ("item", "tolist", "__bool__", "__float__", "__int__"):
@@ -100,7 +100,7 @@ def test_nonfinite_is_raised_at_the_log_point_naming_the_seed():
 
 def test_checkpoint_of_each_seed_resumes_the_ensemble_exactly():
     batches = seed_batches(60)
-    ens = tiny_ensemble("aspc", alpha_every=2)
+    ens = tiny_ensemble("aspc", constraint=dict(every=2))
     for step in batches[:30]:
         ens.update(step)
     ens.sync_to_agents()
@@ -112,7 +112,7 @@ def test_checkpoint_of_each_seed_resumes_the_ensemble_exactly():
         files.append(buf)
     for step in batches[30:]:
         ens.update(step)
-    resumed = tiny_ensemble("aspc", alpha_every=2)
+    resumed = tiny_ensemble("aspc", constraint=dict(every=2))
     for agent, buf in zip(resumed.agents, files):
         agent.load_state_dict(torch.load(buf, weights_only=True))
     resumed.load_from_agents()

@@ -43,6 +43,7 @@ def test_reproduces_golden_trajectory(case):
 def test_golden_catches_a_change(monkeypatch):
     """The comparison can fail: a coefficient lr off by 1e-6 is seen."""
     algo, overrides = CASES["aspc-ema-L1L2L3"]
-    monkeypatch.setitem(CASES, "aspc-ema-L1L2L3", (algo, dict(overrides, alpha_lr=overrides["alpha_lr"] * (1 + 1e-6))))
+    block = overrides["constraint"]
+    monkeypatch.setitem(CASES, "aspc-ema-L1L2L3", (algo, dict(constraint=dict(block, lr=block["lr"] * (1 + 1e-6)))))
     err, _ = max_error("aspc-ema-L1L2L3")
     assert err > TOL

@@ -73,7 +73,7 @@ def test_tensorboard_gets_grouped_scalars_and_the_config_as_hparams(run_dir):
             hp = data.session_start_info.hparams
     assert hp is not None
     assert hp["algo"].string_value == "aspc" and hp["steps"].number_value == 100
-    assert hp["agent.alpha_every"].number_value == 2 and hp["agent.actor_hidden"].string_value == "[16, 16]"
+    assert hp["agent.constraint.every"].number_value == 2 and hp["agent.actor_hidden"].string_value == "[16, 16]"
 
 
 def test_the_untrained_policy_is_evaluated_at_step_0(run_dir):
@@ -138,7 +138,7 @@ def test_wandb_logs_offline_into_the_run_directory(tmp_path, monkeypatch):
     run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
     assert (run.project, run.display_name, run.run_group) == ("mc-test", "run", "run")
     config = {u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in run.config.update}
-    assert config["algo"] == "aspc" and config["agent.alpha_every"] == 2
+    assert config["algo"] == "aspc" and config["agent.constraint.every"] == 2
     key = lambda item: item.key or "/".join(item.nested_key)  # noqa: E731 (the field used differs by version)
     hist = [r.history for r in recs if r.WhichOneof("record_type") == "history"]
     history = [{key(i): json.loads(i.value_json) for i in h.item} for h in hist]

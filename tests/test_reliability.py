@@ -255,8 +255,8 @@ def test_a_failed_evaluation_writes_checkpoint_and_summary_first_and_resume_redo
         ("critic_width=0", "agent.critic_width (aspc) must be an integer >= 1, got 0"),
         ("actor_lr=nan", "agent.actor_lr (aspc) must be a finite number, got nan"),
         ("critic_lr=inf", "agent.critic_lr (aspc) must be a finite number, got inf"),
-        ("alpha_lr=nan", "agent.alpha_lr (aspc) must be a finite number, got nan"),
-        ("alpha_every=0", "agent.alpha_every (aspc) must be an integer >= 1"),
+        ("constraint.lr=nan", "agent.constraint.lr (aspc) must be a finite number, got nan"),
+        ("constraint.every=0", "agent.constraint.every (aspc) must be an integer >= 1"),
         ("ema_decay=1.5", "agent.ema_decay (aspc) must be in [0, 1)"),
         ("reward_scale=nan", "reward_scale must be a finite number"),
     ],
@@ -279,7 +279,7 @@ def test_a_saturating_learned_coefficient_is_reported(tiny_npz, tmp_path):
     said = []
     trainer = Trainer(tiny_config(tiny_npz, steps=100, eval_every=0), tmp_path / "run", progress=False,
                       echo=said.append, plots=False)
-    trainer.config.agent.alpha_lr = 1e8
+    trainer.config.agent.constraint.lr = 1e8
     result = trainer.train()
     assert result.status == "finished"
     warning = [w for w in result.summary["warnings"] if w.startswith("alpha saturated")]

@@ -87,7 +87,7 @@ def test_labels_show_what_differs_from_the_defaults_and_shared_settings_once(tmp
     fake_run(tmp_path, "a-lr", 12.0, 0, steps=8000, agent_alpha_lr=0.25, agent_alpha=2.5)
     fake_run(tmp_path, "iql", 13.0, 0, algo="iql", steps=8000, reward_scale="locomotion", log_every=7, device="cuda")
     text = report_markdown(tmp_path)
-    assert set(table(text)) == {"td3bc [critic=robust]", "td3bc", "aspc [alpha_lr=0.25]",
+    assert set(table(text)) == {"td3bc [critic=robust]", "td3bc", "aspc [constraint.lr=0.25]",
                                 "iql [reward_scale=locomotion]"}
     assert "every column of a metaconstraint algorithm also has steps=8000." in text  # shared: not in each label
 
@@ -160,8 +160,8 @@ def test_report_ranks_the_final_coefficient_against_the_datas_quality(tmp_path):
                                (9.0, 10.0)):  # 2 Hopper datasets: no Hopper row, but an 'all' row
             quality_run(tmp_path, f"aspc-h-{Path(d).name}-s{seed}", d, score, a, seed, agent_alpha_lr=0.25)
     rows = quality_rows(report_markdown(tmp_path))
-    assert set(rows) == {("aspc [alpha_lr=0.25]", "pendulum (4)"), ("aspc [alpha_lr=0.25]", "all (6)")}
-    rho, p, per_seed, pairs = rows[("aspc [alpha_lr=0.25]", "pendulum (4)")]
+    assert set(rows) == {("aspc [constraint.lr=0.25]", "pendulum (4)"), ("aspc [constraint.lr=0.25]", "all (6)")}
+    rho, p, per_seed, pairs = rows[("aspc [constraint.lr=0.25]", "pendulum (4)")]
     # by data score: random 10, medium 40, m-e 70, expert 98; mean alpha 4, 3, 1.5, 1.5 (a tie)
     assert rho == "-0.95" and float(p) < 0.06
     # seed 0: alpha ranks 4, 3, 1, 2 against 1, 2, 3, 4: d^2 = 9+1+4+4 = 18, rho = 1 - 6*18/60 = -0.80; seed 1: -1
@@ -169,31 +169,35 @@ def test_report_ranks_the_final_coefficient_against_the_datas_quality(tmp_path):
     assert pairs == "4.00 (10.0), 3.00 (40.0), 1.50 (70.0), 1.50 (98.0)"
     # all 6: data ranks 1..6 against alpha 9, 4, 10, 3, 1.5, 1.5 (ranks 5, 4, 6, 3, 1.5, 1.5): Pearson of the
     # ranks = -14 / sqrt(17.5 * 17) = -0.81
-    assert rows[("aspc [alpha_lr=0.25]", "all (6)")][0] == "-0.81"
+    assert rows[("aspc [constraint.lr=0.25]", "all (6)")][0] == "-0.81"
 
 
 def test_old_run_configs_without_newer_settings_group_with_new_ones():
-    """A config written before ``horizon``/``method``/``outer_batch``/``env_id`` existed is the same
+    """A config written before ``horizon``/``method``/``outer_batch``/``env_id`` existed (and with the
+    settings of alpha's update under their names before issue 18) is the same
     configuration as a new one at those settings' defaults: one column, labelled as the default."""
     from metaconstraint.config import resolve
     from metaconstraint.plotting import resolved_settings, settings_key, variant_labels
 
     new = resolve(flags={"algo": "aspc", "dataset": "x/pendulum/medium-v0", "steps": 8000}).to_dict()
     old = json.loads(json.dumps(new))
-    for key in ("horizon", "method", "outer_batch"):
-        assert key in old["agent"]
-        del old["agent"][key]
+    block = old["agent"].pop("constraint")  # and before issue 18, its settings by their old names
+    old["agent"].update(alpha_lr=block["lr"], alpha_every=block["every"], alpha_lr_decay_to=block["lr_decay_to"],
+                        terms=block["terms"], delta_q=block["delta_q"], ema_decay=block["ema_decay"])
+    del old["agent"]["outer_batch"]
     for key in ("env_id", "ref_min_score", "ref_max_score"):
         old.pop(key, None)
     assert settings_key(old) == settings_key(new)
-    assert resolved_settings(old)["agent.horizon"] == 1 and resolved_settings(old)["agent.method"] == "unrolled"
+    flat = resolved_settings(old)
+    assert flat["agent.constraint.horizon"] == 1 and flat["agent.constraint.method"] == "unrolled"
+    assert flat["agent.constraint.lr"] == 2e-3 and "agent.alpha_lr" not in flat
     labels, _ = variant_labels([old, new])
     assert list(labels.values()) == ["aspc"]
     # a non-default value still splits, and an old config lacking the key is the default's group
     other = json.loads(json.dumps(new))
-    other["agent"]["horizon"] = 3
+    other["agent"]["constraint"]["horizon"] = 3
     labels, _ = variant_labels([old, new, other])
-    assert sorted(labels.values()) == ["aspc", "aspc [horizon=3]"]
+    assert sorted(labels.values()) == ["aspc", "aspc [constraint.horizon=3]"]
     assert labels[settings_key(old)] == "aspc"
 
 

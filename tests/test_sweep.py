@@ -54,7 +54,7 @@ def test_flags_make_a_seed_major_grid_with_one_directory_per_run(tmp_path):
     ({"grids": [{}], "jobs": 3}, r"unknown key\(s\) in the sweep spec: jobs"),
     ({"grids": [{"seed": "0-x"}]}, r"expected seeds like 0-2"),
     ({"grids": [{"alpah": [1.0]}]}, r"unknown setting 'alpah'.*did you mean alpha"),
-    ({"grids": [{"algo": ["td3bc"], "alpha_lr": [0.1]}]}, r"grids\[1\] \(td3bc, dataset pendulum-medium, seed 0\)"),
+    ({"grids": [{"algo": ["td3bc"], "constraint.lr": [0.1]}]}, r"grids\[1\] \(td3bc, dataset pendulum-medium, seed 0\)"),
     ({"grids": [{"configs": [{"name": "a"}, {"name": "a"}]}]}, r"would share the run directory"),
     ({"grids": [{"steps": -5}]}, r"steps must be a positive number"),
     ({"grids": "aspc"}, r"needs grids: a list of mappings"),
@@ -148,7 +148,7 @@ def test_sweep_on_local_ray_survives_a_killed_worker_and_is_idempotent(tmp_path,
     spec.write_text(yaml.safe_dump({
         "out": str(out),
         "settings": {"dataset": str(tiny_npz), "steps": 400, **dict(s.split("=") for s in TINY)},
-        "grids": [{"configs": [{"name": "aspc", "algo": "aspc", "alpha_every": 2}, {"name": "td3bc", "algo": "td3bc"}]},
+        "grids": [{"configs": [{"name": "aspc", "algo": "aspc", "constraint.every": 2}, {"name": "td3bc", "algo": "td3bc"}]},
                   {"configs": [{"name": "broken", "algo": "td3bc", "dataset": str(tmp_path / "missing.npz")}]}],
     }))
     target = out / "aspc" / "aspc-pendulum-tiny-s0"
@@ -177,7 +177,7 @@ def test_sweep_on_local_ray_survives_a_killed_worker_and_is_idempotent(tmp_path,
     assert "FAILED broken/broken-missing-s0: exit status 2: error:" in output and "missing.npz" in output
     assert "finished aspc/aspc-pendulum-tiny-s0:" in output and "resumed from step" in output
     assert "finished td3bc/td3bc-pendulum-tiny-s0:" in output
-    assert "| dataset | aspc [alpha_every=2] | td3bc |" in output  # the sweep's report table
+    assert "| dataset | aspc [constraint.every=2] | td3bc |" in output  # the sweep's report table
     assert not _train_processes(target)  # the killed worker's train process died with it
     assert run_state(target) == "finished"
 
@@ -205,11 +205,12 @@ def test_sweep_on_local_ray_survives_a_killed_worker_and_is_idempotent(tmp_path,
 def test_a_run_directory_with_other_settings_stops_the_sweep_before_anything_runs(tmp_path):
     from metaconstraint.sweep import run_sweep
 
-    runs = plan(grid_from_flags(["aspc"], None, "0", ["alpha_lr=0.25"], str(tmp_path)))
-    other = dict(runs[0].config, agent={**runs[0].config["agent"], "alpha_lr": 0.5})
+    runs = plan(grid_from_flags(["aspc"], None, "0", ["constraint.lr=0.25"], str(tmp_path)))
+    agent = runs[0].config["agent"]
+    other = dict(runs[0].config, agent={**agent, "constraint": {**agent["constraint"], "lr": 0.5}})
     runs[0].run_dir.mkdir(parents=True)
     (runs[0].run_dir / "config.yaml").write_text(yaml.safe_dump(other))
-    with pytest.raises(SpecError, match=r"aspc-pendulum-medium-s0 \(agent.alpha_lr: 0.5 there, 0.25 in the sweep\) "
+    with pytest.raises(SpecError, match=r"aspc-pendulum-medium-s0 \(agent.constraint.lr: 0.5 there, 0.25 in the sweep\) "
                                         r"already holds a run with other settings"):
         run_sweep(runs)
     assert sorted(p.name for p in runs[0].run_dir.iterdir()) == ["config.yaml"]

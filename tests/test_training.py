@@ -32,7 +32,7 @@ from tests.pendulum_data import make_dataset
 TINY_SETS = [
     "agent.actor_hidden=16,16",
     "agent.critic_width=16",
-    "agent.alpha_every=2",
+    "agent.constraint.every=2",
     "batch_size=64",
     "log_every=50",
     "checkpoint_every=100",

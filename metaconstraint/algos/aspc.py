@@ -3,11 +3,12 @@
 Everything is TD3+BC (same critic step, same actor loss) except
 
 * the robust critic (3x256, ReLU then LayerNorm, the spec's init) by default, and
-* alpha = softplus(rho) is trained every ``alpha_every`` actor steps: the actor step
+* alpha = softplus(rho) is trained every ``constraint.every`` actor steps: the actor step
   theta~(alpha) = Adam(theta, grad L(theta; alpha)) is differentiated, and
   L_outer = L1 + L2 + L3 (see :mod:`metaconstraint.constraint.bilevel`) is minimised in rho.
 
-One configuration for every dataset: these defaults.
+One configuration for every dataset: these defaults (the ``constraint`` block:
+:class:`metaconstraint.constraint.ConstraintSettings`, shared with the ``*-adaptive`` algorithms).
 """
 
 from __future__ import annotations
@@ -18,25 +19,18 @@ from typing import Any
 from torch import Tensor
 
 from ..batch import Batch
-from ..constraint import AdaptiveConstraint, AdaptiveConstraintConfig
+from ..constraint import AdaptiveConstraint, adaptive_constraint
+from .common import BILEVEL_METRICS, LearnedCoefficient
 from .td3bc import TD3BC, TD3BCConfig
 
 OUTER_BATCHES = ("same", "fresh")
 
 
 @dataclass
-class ASPCConfig(TD3BCConfig):
-    """TD3+BC settings plus the adaptive-alpha ones; ``alpha`` is alpha's starting value."""
+class ASPCConfig(LearnedCoefficient, TD3BCConfig):
+    """TD3+BC settings plus the ``constraint`` block of alpha's update; ``alpha`` is alpha's starting value."""
 
     critic: str = "robust"
-    alpha_every: int = 10  # k_alpha: actor steps per alpha update
-    alpha_lr: float = 2e-3  # at alpha_every = 10; scaled by alpha_every / 10
-    alpha_lr_decay_to: float = 0.01  # lr fraction reached at planned_steps
-    terms: str = "L1+L2+L3"  # outer loss ablation: L1 | L1+L2 | L1+L3 | L1+L2+L3
-    delta_q: str = "ema"  # "ema" (reference implementation) or "step" (paper text)
-    ema_decay: float = 0.995
-    horizon: int = 1  # actor steps alpha's hypergradient looks through (1: the paper's)
-    method: str = "unrolled"  # "unrolled" or "implicit" (Neumann series at the current actor)
     outer_batch: str = "same"  # "same" (the paper's) or "fresh": the outer loss on the previous update's batch
 
     def validate(self) -> None:
@@ -50,7 +44,7 @@ class ASPC(TD3BC):
 
     name = "aspc"
     Config = ASPCConfig
-    metric_names = TD3BC.metric_names + ("L1", "L2", "L3", "delta_q", "B", "delta_B", "outer_loss", "hypergrad")
+    metric_names = TD3BC.metric_names + BILEVEL_METRICS
     _fresh_batch: Batch | None = None
 
     def update(self, batch: Batch) -> dict[str, Tensor]:
@@ -80,22 +74,7 @@ class ASPC(TD3BC):
 
     def _make_constraint(self) -> AdaptiveConstraint:
         c = self.config
-        return AdaptiveConstraint(
-            AdaptiveConstraintConfig(
-                init=c.alpha,
-                lr=c.alpha_lr,
-                every=c.alpha_every,
-                terms=c.terms,
-                delta_q=c.delta_q,
-                ema_decay=c.ema_decay,
-                lr_decay_to=c.alpha_lr_decay_to,
-                horizon=c.horizon,
-                method=c.method,
-            ),
-            planned_inner_steps=c.planned_steps // c.policy_freq,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        return adaptive_constraint(c.constraint, c.alpha, c.planned_steps // c.policy_freq, self.device, self.dtype)
 
 
 __all__ = ["ASPC", "ASPCConfig"]

@@ -1,15 +1,17 @@
-"""Small pieces shared by the agents that are not TD3+BC subclasses (IQL, CQL)."""
+"""Small pieces shared by several agents: the constraint step of IQL and CQL, the bilevel metrics, and the
+``constraint`` block of the algorithms whose coefficient is learned."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from .. import optim
-from ..constraint import AdaptiveConstraint, AdaptiveConstraintConfig, Objective
+from ..constraint import ConstraintSettings, Objective
+from ..data.reference import ANTMAZE_DATASETS  # noqa: F401  (moved to the data package; still importable here)
 
 
 def constraint_step(
@@ -28,50 +30,27 @@ def constraint_step(
     return result.opt_state, dict(result.logs)
 
 
-# the D4RL AntMaze datasets (keys of per-dataset presets, as metaconstraint.config.dataset_key spells them)
-ANTMAZE_DATASETS = tuple(
-    f"antmaze-{m}" for m in ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
-)
-
 # what AdaptiveConstraint logs besides loss/value/constraint/coef (on coefficient-update steps)
 BILEVEL_METRICS = ("L1", "L2", "L3", "delta_q", "B", "delta_B", "outer_loss", "hypergrad")
 
 
 @dataclass
-class CoefficientSettings:
-    """The bilevel settings every adaptive variant shares (ASPC's single configuration).
-
-    Mixed into a variant's config; the coefficient's starting value is the algorithm's own
-    fixed coefficient field (``actor_bc_coef``, ``cql_alpha``, ``beta``).
+class LearnedCoefficient:
+    """Mixed into the config of ``aspc`` and every ``*-adaptive`` algorithm (listed before the base
+    config): the ``constraint`` block, the coefficient update's settings by their
+    :class:`~metaconstraint.constraint.ConstraintSettings` names. The coefficient starts at the
+    algorithm's own coefficient setting (``alpha``, ``beta``, ``cql_alpha``, ``actor_bc_coef``).
+    The block may be given as a mapping: ``make("aspc", ..., constraint={"lr": 0.25})``.
     """
 
-    coef_every: int = 10  # inner steps per coefficient update (k_alpha)
-    coef_lr: float = 2e-3  # coefficient Adam lr at coef_every = 10; scaled by coef_every / 10
-    coef_lr_decay_to: float = 0.01  # lr fraction reached after the planned number of updates
-    terms: str = "L1+L2+L3"  # outer loss: L1 | L1+L2 | L1+L3 | L1+L2+L3
-    delta_q: str = "ema"  # "ema" (reference code) or "step" (paper text)
-    ema_decay: float = 0.995
-    horizon: int = 1  # inner steps the coefficient's hypergradient looks through
-    method: str = "unrolled"  # "unrolled" or "implicit"
+    constraint: ConstraintSettings = field(default_factory=ConstraintSettings)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.constraint, Mapping):
+            self.constraint = ConstraintSettings(**self.constraint)
 
-def adaptive_constraint_from(
-    config: CoefficientSettings, init: float, planned_inner_steps: int, device: Any, dtype: torch.dtype
-) -> AdaptiveConstraint:
-    """The :class:`AdaptiveConstraint` a variant's config describes, starting at ``init``."""
-    return AdaptiveConstraint(
-        AdaptiveConstraintConfig(
-            init=init,
-            lr=config.coef_lr,
-            every=config.coef_every,
-            terms=config.terms,
-            delta_q=config.delta_q,
-            ema_decay=config.ema_decay,
-            lr_decay_to=config.coef_lr_decay_to,
-            horizon=config.horizon,
-            method=config.method,
-        ),
-        planned_inner_steps=max(1, planned_inner_steps),
-        device=device,
-        dtype=dtype,
-    )
+    def validate(self) -> None:
+        super().validate()  # type: ignore[misc]  # the algorithm's own checks
+        if not isinstance(self.constraint, ConstraintSettings):
+            raise TypeError(f"constraint must be ConstraintSettings or a mapping of its fields, not {self.constraint!r}")
+        self.constraint.validate()

@@ -57,15 +57,10 @@ from torch.func import functional_call
 
 from .. import optim
 from ..batch import Batch
-from ..constraint import FixedCoefficient, FixedConstraint, Terms
+from ..constraint import FixedCoefficient, FixedConstraint, Terms, adaptive_constraint
 from ..nets import Critic, TanhGaussianActor, TwinCritic
-from .common import (
-    ANTMAZE_DATASETS,
-    BILEVEL_METRICS,
-    CoefficientSettings,
-    adaptive_constraint_from,
-    constraint_step,
-)
+from ..data.reference import ANTMAZE_DATASETS
+from .common import BILEVEL_METRICS, LearnedCoefficient, constraint_step
 from .base import Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
 
 # the CQL authors' per-domain settings, by domain and by D4RL dataset (the MuJoCo ones are the defaults)
@@ -284,8 +279,8 @@ class CQL(Checkpointed):
 
 
 @dataclass
-class AdaptiveCQLConfig(CQLConfig, CoefficientSettings):
-    """CQL plus the bilevel settings (ASPC's single configuration); ``cql_alpha`` is alpha_cql's start."""
+class AdaptiveCQLConfig(LearnedCoefficient, CQLConfig):
+    """CQL plus the ``constraint`` block (defaults: ASPC's single configuration); ``cql_alpha`` is alpha_cql's start."""
 
     def validate(self) -> None:
         super().validate()
@@ -306,7 +301,7 @@ class AdaptiveCQL(CQL):
 
     def _make_constraint(self) -> Any:
         c = self.config
-        return adaptive_constraint_from(c, c.cql_alpha, c.planned_steps, self.device, self.dtype)
+        return adaptive_constraint(c.constraint, c.cql_alpha, c.planned_steps, self.device, self.dtype)
 
 
 __all__ = ["CQL", "CQLConfig", "CQLSamples", "CQL_PRESETS", "AdaptiveCQL", "AdaptiveCQLConfig"]

@@ -42,15 +42,10 @@ from torch.func import functional_call
 
 from .. import optim
 from ..batch import Batch
-from ..constraint import FixedCoefficient, FixedConstraint, Terms
+from ..constraint import FixedCoefficient, FixedConstraint, Terms, adaptive_constraint
 from ..nets import Actor, Critic, GaussianActor, TwinCritic, ValueNet, gaussian_log_prob
-from .common import (
-    ANTMAZE_DATASETS,
-    BILEVEL_METRICS,
-    CoefficientSettings,
-    adaptive_constraint_from,
-    constraint_step,
-)
+from ..data.reference import ANTMAZE_DATASETS
+from .common import BILEVEL_METRICS, LearnedCoefficient, constraint_step
 from .base import Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
 
 POLICIES = ("gaussian", "deterministic")
@@ -237,8 +232,8 @@ class IQL(Checkpointed):
 
 
 @dataclass
-class AdaptiveIQLConfig(IQLConfig, CoefficientSettings):
-    """IQL plus the bilevel settings (ASPC's single configuration); ``beta`` is beta's start."""
+class AdaptiveIQLConfig(LearnedCoefficient, IQLConfig):
+    """IQL plus the ``constraint`` block (defaults: ASPC's single configuration); ``beta`` is beta's start."""
 
     def validate(self) -> None:
         super().validate()
@@ -255,7 +250,7 @@ class AdaptiveIQL(IQL):
 
     def _make_constraint(self) -> Any:
         c = self.config
-        return adaptive_constraint_from(c, c.beta, c.planned_steps, self.device, self.dtype)
+        return adaptive_constraint(c.constraint, c.beta, c.planned_steps, self.device, self.dtype)
 
 
 __all__ = ["IQL", "IQLConfig", "IQL_PRESETS", "AdaptiveIQL", "AdaptiveIQLConfig", "cosine_decay"]

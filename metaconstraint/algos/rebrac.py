@@ -38,8 +38,8 @@ from torch import Tensor
 from torch.func import functional_call
 
 from ..batch import Batch
-from ..constraint import AdaptiveConstraint, FixedCoefficient, FixedConstraint, Terms
-from .common import BILEVEL_METRICS, CoefficientSettings, adaptive_constraint_from
+from ..constraint import AdaptiveConstraint, FixedCoefficient, FixedConstraint, Terms, adaptive_constraint
+from .common import BILEVEL_METRICS, LearnedCoefficient
 from .td3bc import TD3BC, TD3BCConfig
 
 # (beta1, beta2) the ReBRAC authors used, for the datasets the spec lists.
@@ -109,8 +109,9 @@ class ReBRAC(TD3BC):
 
 
 @dataclass
-class AdaptiveReBRACConfig(ReBRACConfig, CoefficientSettings):
-    """ReBRAC plus the bilevel settings (ASPC's single configuration); ``actor_bc_coef`` is beta1's start."""
+class AdaptiveReBRACConfig(LearnedCoefficient, ReBRACConfig):
+    """ReBRAC plus the ``constraint`` block (defaults: ASPC's single configuration); ``actor_bc_coef`` is
+    beta1's start."""
 
     def validate(self) -> None:
         super().validate()
@@ -127,7 +128,8 @@ class AdaptiveReBRAC(ReBRAC):
 
     def _make_constraint(self) -> AdaptiveConstraint:
         c = self.config
-        return adaptive_constraint_from(c, c.actor_bc_coef, c.planned_steps // c.policy_freq, self.device, self.dtype)
+        planned_actor_steps = c.planned_steps // c.policy_freq
+        return adaptive_constraint(c.constraint, c.actor_bc_coef, planned_actor_steps, self.device, self.dtype)
 
 
 __all__ = ["REBRAC_PRESETS", "AdaptiveReBRAC", "AdaptiveReBRACConfig", "ReBRAC", "ReBRACConfig"]

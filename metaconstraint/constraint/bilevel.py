@@ -27,6 +27,7 @@ differentiated and are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
@@ -215,16 +216,21 @@ class FixedConstraint:
 
 
 @dataclass
-class AdaptiveConstraintConfig:
-    """Settings of the bilevel coefficient update (defaults: ASPC's single configuration)."""
+class ConstraintSettings:
+    """Settings of the bilevel coefficient update (defaults: ASPC's single configuration).
 
-    init: float = 2.5  # starting coefficient (softplus(rho_0))
+    The same names everywhere: the fields of :class:`AdaptiveConstraintConfig` (which adds the
+    starting value ``init``), and the ``constraint`` block of ``aspc`` and every ``*-adaptive``
+    algorithm's config, whose starting value is the algorithm's own coefficient setting
+    (``alpha``, ``beta``, ``cql_alpha``, ``actor_bc_coef``).
+    """
+
     lr: float = 2e-3  # coefficient Adam lr at every=10; scaled by every/10 (spec)
     every: int = 10  # k_alpha: inner steps per coefficient update
+    lr_decay_to: float = 0.01  # lr fraction reached after the planned number of updates
     terms: str = "L1+L2+L3"  # outer loss: L1 | L1+L2 | L1+L3 | L1+L2+L3
     delta_q: str = "ema"  # "ema" (reference code) or "step" (paper text)
     ema_decay: float = 0.995  # beta of the Q EMA for delta_q="ema"
-    lr_decay_to: float = 0.01  # lr fraction reached after the planned number of updates
     horizon: int = 1  # inner steps the hypergradient looks through (1: ASPC)
     method: str = "unrolled"  # "unrolled" (through `horizon` steps) or "implicit" (Neumann series)
     implicit_iters: int = 10  # Neumann terms for method="implicit"
@@ -250,6 +256,13 @@ class AdaptiveConstraintConfig:
             raise ValueError(
                 f"implicit_iters must be >= 1 and implicit_lr > 0, got {self.implicit_iters}, {self.implicit_lr}"
             )
+
+
+@dataclass
+class AdaptiveConstraintConfig(ConstraintSettings):
+    """:class:`ConstraintSettings` plus the coefficient's starting value."""
+
+    init: float = 2.5  # starting coefficient (softplus(rho_0))
 
 
 OuterLike = Union[OuterObjective, Callable[[hypergrad.Trajectory, Tensor], Tensor]]
@@ -409,3 +422,20 @@ class AdaptiveConstraint:
                 f"keeps {sorted(self.memory)}: was the run made with another outer objective?"
             )
         self.memory = {k: v.to(self.memory[k]) for k, v in memory.items()}
+
+
+def adaptive_constraint(
+    settings: ConstraintSettings,
+    init: float,
+    planned_inner_steps: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    outer: OuterLike | None = None,
+) -> AdaptiveConstraint:
+    """The :class:`AdaptiveConstraint` that ``settings`` describe, starting at ``init``: how ``aspc`` and
+    every ``*-adaptive`` algorithm build theirs (``planned_inner_steps``: the inner steps the run plans,
+    over which the coefficient's lr decays; ``outer``: see :class:`AdaptiveConstraint`)."""
+    own = {f.name: getattr(settings, f.name) for f in dataclasses.fields(ConstraintSettings)}
+    return AdaptiveConstraint(
+        AdaptiveConstraintConfig(init=init, **own), max(1, planned_inner_steps), device=device, dtype=dtype, outer=outer
+    )

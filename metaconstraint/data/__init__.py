@@ -14,12 +14,12 @@ from .builtin import BUILTIN, builtin_path, builtin_root
 from .loaders import describe, from_arrays, load, load_hdf5, load_minari_folder, load_minari_id, load_npz, minari_root, save_hdf5, save_npz
 from .normalization import REWARD_MODES, ObsNormalizer, RewardTransform
 from .sampler import Sampler
-from .reference import D4RL_ENVS, D4RL_REF_SCORES, d4rl_reference, normalize_return
+from .reference import ANTMAZE_DATASETS, D4RL_ENVS, D4RL_REF_SCORES, d4rl_reference, normalize_return
 from .transitions import EpisodeArrays, Transitions, concatenate
 from .validate import DataError, DataWarning
 
 __all__ = [
-    "BUILTIN", "Collector", "D4RL_ENVS", "D4RL_REF_SCORES", "DataError", "DataWarning", "EpisodeArrays", "ObsNormalizer",
+    "ANTMAZE_DATASETS", "BUILTIN", "Collector", "D4RL_ENVS", "D4RL_REF_SCORES", "DataError", "DataWarning", "EpisodeArrays", "ObsNormalizer",
     "REWARD_MODES", "RewardTransform", "Sampler", "Transitions", "builtin_path", "builtin_root", "concatenate", "d4rl_reference",
     "describe", "from_arrays", "load", "load_hdf5", "load_minari_folder", "load_minari_id", "load_npz", "minari_root",
     "normalize_return", "save_hdf5", "save_npz",

@@ -27,6 +27,12 @@ D4RL_ENVS: dict[str, str] = {
     "ant": "Ant-v5",
 }
 
+# the D4RL AntMaze datasets, as metaconstraint.config.dataset_key spells them (keys of algorithms'
+# per-dataset presets)
+ANTMAZE_DATASETS = tuple(
+    f"antmaze-{m}" for m in ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
+)
+
 _D4RL_NAME = re.compile(
     r"^(?P<env>halfcheetah|hopper|walker2d|ant)[-_](?P<kind>random|medium|expert|medium[-_]replay|medium[-_]expert|"
     r"full[-_]replay)(?:[-_]v\d+)?$"

@@ -24,18 +24,17 @@ F64 = torch.float64
 
 # name -> (algorithm, config overrides). The adaptive ones update their coefficient every 5
 # inner steps with a lr large enough that it visibly moves in 200 updates.
-FAST_ALPHA = dict(alpha_every=5, alpha_lr=0.02)
-FAST_COEF = dict(coef_every=5, coef_lr=0.02)
+FAST = dict(every=5, lr=0.02)  # the constraint block
 CASES: dict[str, tuple[str, dict]] = {
     "td3bc": ("td3bc", {}),
     **{
-        f"aspc-{dq}-{terms.replace('+', '')}": ("aspc", dict(FAST_ALPHA, delta_q=dq, terms=terms))
+        f"aspc-{dq}-{terms.replace('+', '')}": ("aspc", dict(constraint=dict(FAST, delta_q=dq, terms=terms)))
         for dq in ("ema", "step")
         for terms in ("L1", "L1+L2", "L1+L3", "L1+L2+L3")
     },
-    "iql-adaptive": ("iql-adaptive", FAST_COEF),
-    "cql-adaptive": ("cql-adaptive", FAST_COEF),
-    "rebrac-adaptive": ("rebrac-adaptive", FAST_COEF),
+    "iql-adaptive": ("iql-adaptive", dict(constraint=FAST)),
+    "cql-adaptive": ("cql-adaptive", dict(constraint=FAST)),
+    "rebrac-adaptive": ("rebrac-adaptive", dict(constraint=FAST)),
 }
 
 
