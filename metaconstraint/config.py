@@ -42,6 +42,7 @@ __all__ = [
     "RunConfig",
     "algo_class",
     "coefficient_name",
+    "dotted_keys",
     "dump_yaml",
     "is_agent_setting",
     "load_yaml",
@@ -422,17 +423,19 @@ def _flatten(data: Mapping[str, Any], where: str) -> dict[str, Any]:
                 continue
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}: 'agent' must be a mapping of the algorithm's settings")
-            out.update(_dotted(value, "agent."))
+            out.update({f"agent.{k}": v for k, v in dotted_keys(value).items()})
         else:
             out[str(key)] = value
     return out
 
 
-def _dotted(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def dotted_keys(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"alpha": 3, "constraint": {"lr": 0.1}}`` -> ``{"alpha": 3, "constraint.lr": 0.1}``: nested blocks as
+    the dotted keys that ``--set``, sweep specs and report labels use."""
     out: dict[str, Any] = {}
     for k, v in values.items():
         if isinstance(v, Mapping):
-            out.update(_dotted(v, f"{prefix}{k}."))
+            out.update(dotted_keys(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .config import renamed_agent_setting
+from .config import dotted_keys, renamed_agent_setting
 
 __all__ = [
     "NOT_RESULT", "RunData", "check_pool", "find_runs", "flat_settings", "group_runs", "load_run_data", "plot_run", "plot_runs",
@@ -132,20 +132,11 @@ def flat_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     def plain(v: Any) -> Any:
         return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
-    def agent(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for k, v in values.items():
-            if isinstance(v, Mapping):
-                found.update(agent(v, f"{prefix}{k}."))
-            else:
-                name = renamed_agent_setting(str(config.get("algo")), k) if not prefix else None
-                found[f"agent.{name or prefix + str(k)}"] = plain(v)
-        return found
-
     out: dict[str, Any] = {}
     for key, value in config.items():
         if key == "agent" and isinstance(value, Mapping):
-            out.update(agent(value, ""))
+            algo = str(config.get("algo"))
+            out.update({f"agent.{renamed_agent_setting(algo, k) or k}": plain(v) for k, v in dotted_keys(value).items()})
         elif key != "agent":
             out[str(key)] = plain(value)
     return out
@@ -225,7 +216,7 @@ def variant_labels(configs: Iterable[Mapping[str, Any]], pool: Sequence[str] = (
     every group of a known algorithm shares (stated once instead of in every label).
 
     A label is the algorithm plus its settings that differ from the algorithm's defaults and are not
-    shared by all groups: ``aspc [alpha_lr=0.25]``. Groups that would still get the same label (say,
+    shared by all groups: ``aspc [constraint.lr=0.25]``. Groups that would still get the same label (say,
     runs that differ only in ``tag``) also show the settings that tell them apart, so two different
     configurations never share a label.
     """

@@ -4,7 +4,7 @@ A column is one configuration: runs are grouped by their full resolved settings 
 (and minus what does not change a result: device, logging and checkpoint cadence; see
 ``plotting.NOT_RESULT``), so runs with different settings are never averaged together. ``pool``
 names settings to average over anyway; the report then says so. A column is labelled by the
-algorithm and the settings that differ from its defaults (``aspc [alpha_lr=0.25]``); settings
+algorithm and the settings that differ from its defaults (``aspc [constraint.lr=0.25]``); settings
 every column shares away from the defaults are stated once above the table.
 
 A run's final score is its last evaluation's normalised score (mean over that evaluation's

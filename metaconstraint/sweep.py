@@ -45,7 +45,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from .config import ConfigError, RunConfig, algo_class, dataset_key, is_agent_setting, resolve
+from .config import ConfigError, RunConfig, algo_class, dataset_key, dotted_keys, is_agent_setting, resolve
 from .plotting import NOT_RESULT, flat_settings, format_value, settings_key
 from .training import read_summary
 
@@ -183,14 +183,6 @@ def _nested(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _dotted_items(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """``{"constraint": {"lr": 0.25}}`` -> ``[("constraint.lr", 0.25)]``: a block's settings as a run name shows them."""
-    out: list[tuple[str, Any]] = []
-    for k, v in values.items():
-        out += _dotted_items(v, f"{prefix}{k}.") if isinstance(v, Mapping) else [(f"{prefix}{k}", v)]
-    return out
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.=,+-]+", "_", text).strip("_") or "run"
 
@@ -260,7 +252,7 @@ def _plan_one(root: Path, common: Mapping[str, Any], cfg: Mapping[str, Any], cho
         raise SpecError(f"{where} ({values.get('algo', RunConfig.algo)}, dataset {dataset}, seed {seed}): {err}") from None
     if name is None:
         shown = {**cfg, **{k: v for k, v in chosen.items() if k in varying}}
-        parts = [f"{k}={format_value(v)}" for k, v in _dotted_items(shown) if k != "algo"]
+        parts = [f"{k}={format_value(v)}" for k, v in dotted_keys(shown).items() if k != "algo"]
         name = "-".join([config.algo, *parts])
     variant = _slug(str(name))
     data = config.dataset

@@ -509,7 +509,8 @@ def test_idle_adaptive_variant_equals_its_baseline(fixed, adaptive):
     coef = {"rebrac": dict(actor_bc_coef=0.5), "cql": {}, "iql": {}}[fixed]  # 0.5 = softplus(rho) exactly
     gen = torch.Generator().manual_seed(7)
     batches = [random_batch(gen, dtype=torch.float32) for _ in range(40)]
-    base, idle, active = tiny(fixed, **coef), tiny(adaptive, constraint=dict(every=10**9), **coef), tiny(adaptive, constraint=dict(every=2), **coef)
+    base = tiny(fixed, **coef)
+    idle, active = tiny(adaptive, constraint=dict(every=10**9), **coef), tiny(adaptive, constraint=dict(every=2), **coef)
     for b in batches:
         base.update(b)
         idle.update(b)

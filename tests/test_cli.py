@@ -401,8 +401,8 @@ def test_report_and_plots_tell_critic_variants_apart():
 def test_a_tag_keeps_runs_of_one_algorithm_apart():
     from metaconstraint.plotting import variant_labels
 
-    labels, _ = variant_labels([{"algo": "aspc", "tag": "alpha_lr=0.25"}, {"algo": "aspc", "tag": ""}])
-    assert sorted(labels.values()) == ["aspc", "aspc [tag=alpha_lr=0.25]"]
+    labels, _ = variant_labels([{"algo": "aspc", "tag": "constraint.lr=0.25"}, {"algo": "aspc", "tag": ""}])
+    assert sorted(labels.values()) == ["aspc", "aspc [tag=constraint.lr=0.25]"]
     assert resolve(sets=["tag=ablation-L1"]).tag == "ablation-L1"
 
 

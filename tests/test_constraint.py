@@ -25,9 +25,10 @@ F64 = torch.float64
 
 
 def warmed_aspc(seed: int = 1, updates: int = 30, **kw):
-    """A float64 ASPC agent after a few actor and alpha steps (non-trivial Adam moments and Q EMA)."""
+    """A float64 ASPC agent after a few actor and alpha steps (non-trivial Adam moments and Q EMA);
+    ``kw``: settings of its constraint block."""
     gen = torch.Generator().manual_seed(seed)
-    agent = small("aspc", dtype=F64, alpha_every=3, seed=seed, **kw)
+    agent = small("aspc", dtype=F64, constraint=dict(every=3, **kw), seed=seed)
     for _ in range(updates):
         agent.update(random_batch(gen, dtype=F64))
     return agent, random_batch(gen, dtype=F64)
@@ -153,8 +154,8 @@ def test_implicit_hypergradient_matches_finite_differences_at_the_optimum():
 
 
 def test_implicit_method_trains_and_steps_like_first_order():
-    agent = small("aspc", dtype=F64, alpha_every=2, method="implicit", seed=3)
-    ref = small("aspc", dtype=F64, alpha_every=2, seed=3)
+    agent = small("aspc", dtype=F64, constraint=dict(every=2, method="implicit"), seed=3)
+    ref = small("aspc", dtype=F64, constraint=dict(every=2), seed=3)
     gen = torch.Generator().manual_seed(4)
     batch = random_batch(gen, dtype=F64)
     a = [agent.update(batch) for _ in range(4)]  # update 4 = actor step 2 = the first alpha update
@@ -266,7 +267,7 @@ def test_checkpoint_from_before_the_chain_optimizers_loads():
     under its old key load into today's format and resume the same run."""
     gen = torch.Generator().manual_seed(2)
     batches = [random_batch(gen) for _ in range(40)]
-    a = small("aspc", alpha_every=2)
+    a = small("aspc", constraint=dict(every=2))
     for b in batches[:20]:
         a.update(b)
     state = a.state_dict()
@@ -279,7 +280,7 @@ def test_checkpoint_from_before_the_chain_optimizers_loads():
                          "nu": coef["opt_state"][1]["nu"]}  # fmt: skip
     con["coefficient"], con["q_ema"] = coef, con.pop("memory")["q_ema"]
     legacy["constraint"] = con
-    b_agent = small("aspc", alpha_every=2, seed=9)
+    b_agent = small("aspc", constraint=dict(every=2), seed=9)
     buf = io.BytesIO()
     torch.save(legacy, buf)  # as a checkpoint file: nothing shared with the running agent
     buf.seek(0)
@@ -297,8 +298,8 @@ def test_checkpoint_from_before_the_chain_optimizers_loads():
 def test_fresh_outer_batch_judges_the_lookahead_on_the_previous_batch():
     gen = torch.Generator().manual_seed(6)
     batches = [random_batch(gen, dtype=F64) for _ in range(4)]
-    same = small("aspc", dtype=F64, alpha_every=2, seed=2)
-    fresh = small("aspc", dtype=F64, alpha_every=2, seed=2, outer_batch="fresh")
+    same = small("aspc", dtype=F64, constraint=dict(every=2), seed=2)
+    fresh = small("aspc", dtype=F64, constraint=dict(every=2), seed=2, outer_batch="fresh")
     for b in batches[:3]:  # the next update (4) is actor step 2: alpha's first update
         same.update(b), fresh.update(b)
     for agent in (same, fresh):  # update 4 by its parts: the critic step, then the actor step below
@@ -320,13 +321,13 @@ def test_fresh_outer_batch_resumes_exactly_from_an_odd_step():
     """A checkpoint between a critic-only update and the next actor step must carry the batch."""
     gen = torch.Generator().manual_seed(7)
     batches = [random_batch(gen) for _ in range(40)]
-    a = small("aspc", alpha_every=2, outer_batch="fresh")
+    a = small("aspc", constraint=dict(every=2), outer_batch="fresh")
     for b in batches[:21]:
         a.update(b)
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
-    b_agent = small("aspc", alpha_every=2, outer_batch="fresh", seed=5)
+    b_agent = small("aspc", constraint=dict(every=2), outer_batch="fresh", seed=5)
     b_agent.load_state_dict(torch.load(buf, weights_only=True))
     for b in batches[21:]:
         a.update(b), b_agent.update(b)

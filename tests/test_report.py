@@ -84,6 +84,7 @@ def test_a_misspelt_pool_setting_stops_with_a_suggestion(two_alphas, capsys):
 def test_labels_show_what_differs_from_the_defaults_and_shared_settings_once(tmp_path):
     fake_run(tmp_path, "t-robust", 10.0, 0, algo="td3bc", steps=8000, agent_critic="robust")
     fake_run(tmp_path, "t-plain", 11.0, 0, algo="td3bc", steps=8000, agent_critic="plain")  # td3bc's own critic
+    # written before issue 18 (alpha_lr, not constraint.lr): labelled by the new name
     fake_run(tmp_path, "a-lr", 12.0, 0, steps=8000, agent_alpha_lr=0.25, agent_alpha=2.5)
     fake_run(tmp_path, "iql", 13.0, 0, algo="iql", steps=8000, reward_scale="locomotion", log_every=7, device="cuda")
     text = report_markdown(tmp_path)
