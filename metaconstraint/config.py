@@ -198,12 +198,14 @@ def _agent_fields(cls: type) -> dict[str, Any]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+_cached_agent_fields = functools.lru_cache(maxsize=None)(_agent_fields)
+
+
 def _known_agent_fields(algo: str) -> dict[str, Any] | None:
-    try:
-        return _agent_fields(algo_class(algo).Config)
-    except ConfigError:
-        return None
+    from .algos import ALGORITHMS
+
+    cls = ALGORITHMS.get(algo)
+    return None if cls is None else _cached_agent_fields(cls.Config)
 
 
 def _renamed(name: str, agent_types: Mapping[str, Any]) -> str | None:

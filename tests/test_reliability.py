@@ -257,7 +257,8 @@ def test_a_failed_evaluation_writes_checkpoint_and_summary_first_and_resume_redo
         ("critic_lr=inf", "agent.critic_lr (aspc) must be a finite number, got inf"),
         ("constraint.lr=nan", "agent.constraint.lr (aspc) must be a finite number, got nan"),
         ("constraint.every=0", "agent.constraint.every (aspc) must be an integer >= 1"),
-        ("ema_decay=1.5", "agent.ema_decay (aspc) must be in [0, 1)"),
+        ("constraint.ema_decay=1.5", "agent.constraint.ema_decay (aspc) must be in [0, 1)"),
+        ("constraint.lr_decay_to=0", "agent.constraint.lr_decay_to (aspc) must be in (0, 1]"),
         ("reward_scale=nan", "reward_scale must be a finite number"),
     ],
 )

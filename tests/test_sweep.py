@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from metaconstraint.plotting import flat_settings
 from metaconstraint.sweep import SpecError, grid_from_flags, load_spec, plan, run_state
 from tests.test_training import write_tiny_npz
 
@@ -94,11 +95,9 @@ def test_the_experiments_spec_regenerates_the_committed_suite():
     committed = {p.parent.relative_to(results).as_posix(): p for p in results.glob("*/*/config.yaml")
                  if not p.parent.parent.name.startswith("d3rlpy")}
     assert len(committed) == 176 and set(runs) == set(committed)
-    for name, path in committed.items():
-        have = yaml.safe_load(path.read_text())
-        want = runs[name].config
-        assert {k: v for k, v in have.items() if k != "agent"} == {k: want[k] for k in have if k != "agent"}, name
-        assert have["agent"] == {k: want["agent"][k] for k in have["agent"]}, name
+    for name, path in committed.items():  # written before issue 18: the constraint block by its old names
+        have, want = flat_settings(yaml.safe_load(path.read_text())), flat_settings(runs[name].config)
+        assert have == {k: want[k] for k in have}, name
 
 
 def test_without_ray_the_sweep_stops_with_one_line_naming_the_extra(tmp_path, tiny_npz):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -46,11 +47,18 @@ class LearnedCoefficient:
     constraint: ConstraintSettings = field(default_factory=ConstraintSettings)
 
     def __post_init__(self) -> None:
+        # always an own copy, so that dataclasses.replace(config) shares nothing mutable with config
         if isinstance(self.constraint, Mapping):
             self.constraint = ConstraintSettings(**self.constraint)
+        else:
+            self._check_block()
+            self.constraint = dataclasses.replace(self.constraint)
+
+    def _check_block(self) -> None:
+        if not isinstance(self.constraint, ConstraintSettings):
+            raise TypeError(f"constraint must be ConstraintSettings or a mapping of its fields, not {self.constraint!r}")
 
     def validate(self) -> None:
         super().validate()  # type: ignore[misc]  # the algorithm's own checks
-        if not isinstance(self.constraint, ConstraintSettings):
-            raise TypeError(f"constraint must be ConstraintSettings or a mapping of its fields, not {self.constraint!r}")
+        self._check_block()
         self.constraint.validate()
