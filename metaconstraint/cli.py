@@ -338,7 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_train_summary(result: Any, total_s: float) -> None:
-    from .training import _fmt_duration
+    from .training import format_duration
 
     s = result.summary
     run_dir = result.run_dir
@@ -346,7 +346,7 @@ def _print_train_summary(result: Any, total_s: float) -> None:
     verb = {"finished": "finished", "stopped": "stopped (as asked)", "interrupted": "interrupted"}.get(result.status, result.status)
     lines.append(
         f"\n{verb}: {s['algo']} on {s['dataset']}, step {s['step']}/{s['steps']}, "
-        f"{_fmt_duration(total_s)} in all ({s['steps_per_s']} steps/s while training)"
+        f"{format_duration(total_s)} in all ({s['steps_per_s']} steps/s while training)"
     )
     if s.get("final_score") is not None:
         lines.append(
@@ -377,7 +377,7 @@ def _print_train_summary(result: Any, total_s: float) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
-    from .training import load_run
+    from .rundir import load_run
 
     run = load_run(args.run_dir, args.checkpoint, device=args.device, echo=lambda text: print(text, file=sys.stderr))
     seed = run.config.resolved_eval_seed() if args.seed is None else args.seed
@@ -434,7 +434,8 @@ def _tty() -> bool:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plotting import find_runs, plot_runs
+    from .plotting import plot_runs
+    from .rundir import find_runs
 
     try:
         runs = find_runs(args.runs)
@@ -517,7 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(1)  # small policies: one thread is fastest and polite to other jobs
     from .config import ConfigError
-    from .training import RunError, TrainingDiverged
+    from .rundir import RunError
+    from .training import TrainingDiverged
 
     try:
         from .data import DataError

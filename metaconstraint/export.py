@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .training import LoadedRun, RunError, load_run
+from .rundir import LoadedRun, RunError, load_run
 
 __all__ = ["ExportedPolicy", "LoadedPolicy", "export_policy", "is_exported_policy", "load_policy", "policy_module",
            "read_metadata"]

@@ -46,8 +46,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from .config import ConfigError, RunConfig, algo_class, dataset_key, resolve
-from .plotting import NOT_RESULT, flat_settings, format_value, settings_key
-from .training import read_summary
+from .plotting import NOT_RESULT, format_value, settings_key
+from .rundir import flat_settings, read_summary
 
 __all__ = ["PlannedRun", "SpecError", "grid_from_flags", "load_spec", "plan", "run_state", "run_sweep"]
 

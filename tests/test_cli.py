@@ -15,7 +15,7 @@ import yaml
 
 from metaconstraint import cli
 from metaconstraint.config import ConfigError, dump_yaml, parse_overrides, resolve
-from metaconstraint.training import load_run
+from metaconstraint.rundir import load_run
 from tests.test_training import TINY_SETS, write_tiny_npz
 
 
@@ -329,7 +329,7 @@ def test_a_hostile_export_file_runs_no_code(tmp_path):
     import warnings
 
     from metaconstraint.export import PAYLOAD, load_policy
-    from metaconstraint.training import RunError
+    from metaconstraint.rundir import RunError
 
     marker = tmp_path / "pwned"
 
