@@ -44,6 +44,7 @@ from typing import Any, Iterator, Sequence
 import gymnasium as gym
 import numpy as np
 
+from ..cliargs import HelpFormatter
 from .behaviour import TD3Config, behaviour_policy, random_return, replay_until, rollout_returns, run_dir, train_behaviours
 from .minari_compat import Collector, compact_hdf5
 from .policies import Policy, RandomPolicy, load_policy
@@ -486,17 +487,11 @@ def _collect_from_args(args: argparse.Namespace, b: str, td3: TD3Config, measure
     )
 
 
-def _help_formatter() -> type:
-    from ..cli import HelpFormatter  # "(default: X)" only where the help does not say it already
-
-    return HelpFormatter
-
-
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``collect`` sub-command to a CLI's ``add_subparsers()`` object (sets ``func=run``)."""
     p = subparsers.add_parser(
         "collect", help="write a Minari dataset (random / policy / TD3 expert, medium, medium-replay, medium-expert)",
-        description=__doc__.split("\n\n")[0], formatter_class=_help_formatter(),
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(func=run)
