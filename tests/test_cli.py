@@ -355,6 +355,7 @@ def test_a_hostile_export_file_runs_no_code(tmp_path):
 
 def test_export_traces_agents_whose_actor_is_not_the_policy():
     """A Gaussian-style actor returning (mean, log_std): export goes through act() and tracing."""
+    from metaconstraint.algos.base import AgentDefaults
     from metaconstraint.export import ExportedPolicy, _AgentAct, policy_module
 
     class TupleActor(torch.nn.Module):
@@ -366,7 +367,7 @@ def test_export_traces_agents_whose_actor_is_not_the_policy():
             h = self.net(obs)
             return torch.tanh(h[..., :1]), h[..., 1:]
 
-    class Agent:
+    class Agent(AgentDefaults):  # no export module of its own
         def __init__(self):
             torch.manual_seed(0)
             self.actor = TupleActor()

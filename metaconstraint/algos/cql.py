@@ -66,7 +66,7 @@ from .common import (
     adaptive_constraint_from,
     constraint_step,
 )
-from .base import Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
+from .base import AgentDefaults, Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
 
 # the CQL authors' per-domain settings, by domain and by D4RL dataset (the MuJoCo ones are the defaults)
 CQL_PRESETS: dict[str, dict[str, Any]] = {
@@ -127,7 +127,7 @@ class CQLSamples(NamedTuple):
     y: Tensor  # (B,) TD target
 
 
-class CQL(Checkpointed):
+class CQL(AgentDefaults, Checkpointed):
     """CQL(H) with a fixed alpha_cql (optionally the Lagrangian variant)."""
 
     name = "cql"

@@ -51,7 +51,7 @@ from .common import (
     adaptive_constraint_from,
     constraint_step,
 )
-from .base import Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
+from .base import AgentDefaults, Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
 
 POLICIES = ("gaussian", "deterministic")
 
@@ -115,7 +115,7 @@ def cosine_decay(lr: float, steps: int):
     return schedule
 
 
-class IQL(Checkpointed):
+class IQL(AgentDefaults, Checkpointed):
     """Implicit Q-learning with a fixed temperature beta."""
 
     name = "iql"
