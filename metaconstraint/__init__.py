@@ -20,7 +20,6 @@ _SUBMODULES = {
     "algos",
     "data",
     "evaluation",
-    "toymdp",
     "training",
     "config",
     "plotting",
