@@ -1,7 +1,7 @@
 """``metaconstraint collect``: write Minari datasets of graded quality for any Gymnasium env.
 
 Behaviours: ``random``; ``policy`` (a saved checkpoint, ``--policy``); and, from the built-in
-online TD3 trainer (:mod:`metaconstraint.data.behaviour`), ``expert``, ``medium``,
+online TD3 trainer (:mod:`metaconstraint.data.collect_td3`), ``expert``, ``medium``,
 ``medium-replay`` (the trainer's replay buffer up to the medium point) and ``medium-expert``
 (medium then expert episodes: exactly the medium and expert datasets of the same seed, joined).
 Every dataset is written by ``minari.DataCollector`` (through :class:`metaconstraint.data.Collector`,
@@ -45,7 +45,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..cliargs import HelpFormatter
-from .behaviour import TD3Config, behaviour_policy, random_return, replay_until, rollout_returns, run_dir, train_behaviours
+from .collect_td3 import TD3Config, behaviour_policy, random_return, replay_until, rollout_returns, run_dir, train_behaviours
 from .minari_compat import Collector, compact_hdf5
 from .policies import Policy, RandomPolicy, load_policy
 
