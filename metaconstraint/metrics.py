@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .rundir import RunError, atomic_write_text
 
-__all__ = ["EVAL_COLUMNS", "CoefficientTrace", "IntervalMeans", "MetricsLog", "WandbLogger", "tensorboard_tag"]
+__all__ = ["EVAL_COLUMNS", "CoefficientTrace", "IntervalMeans", "MetricsLog", "RunRecord", "WandbLogger", "tensorboard_tag"]
 
 EVAL_COLUMNS = ("eval_score", "eval_score_std", "eval_return", "eval_return_std")
 
@@ -279,3 +279,64 @@ class CoefficientTrace:
         hi = max(points, key=lambda p: p[0]) if points else (None, None)
         return {"coefficient": self.key, "coef_start": self.start, "coef_min": lo[0], "coef_max": hi[0],
                 "coef_min_step": lo[1], "coef_max_step": hi[1], "coef_end": end}
+
+
+class RunRecord:
+    """What a run has recorded so far: the current row's interval means, the evaluations, the
+    coefficient's trace, when the last row was written, and a row still to be written (its evaluation
+    cut short by a signal or an error). Its state is the checkpoint's ``trainer`` entry."""
+
+    def __init__(self, coef: CoefficientTrace):
+        self.means = IntervalMeans()
+        self.coef = coef
+        self.evals: list[dict[str, Any]] = []  # step, score, return per evaluation
+        self.last_row_step, self.last_row_wall = 0, 0.0
+        self.pending_row: int | None = None
+
+    def row(self, step: int, wall_s: float) -> dict[str, Any]:
+        """``step``'s row: the interval's means (floats now, not before) and the speed since the last row."""
+        row: dict[str, Any] = {"step": step, "wall_s": round(wall_s, 3)}
+        dt = wall_s - self.last_row_wall
+        row["steps_per_s"] = round((step - self.last_row_step) / dt, 2) if dt > 0 else None
+        row.update(self.means.means())
+        if self.coef.key in row:
+            self.coef.add(step, row[self.coef.key])  # the same value again if this row is redone
+        return row
+
+    def close_row(self, step: int, wall_s: float) -> None:
+        """The row of ``step`` is written: the next interval starts."""
+        self.means.clear()
+        self.last_row_step, self.last_row_wall = step, wall_s
+
+    def add_evaluation(self, step: int, res: dict[str, Any]) -> dict[str, Any]:
+        """Record an evaluation's result (``evaluation.evaluate``'s); returns its metrics columns."""
+        self.evals.append({"step": step, "score": res["score_mean"], "score_std": res["score_std"],
+                           "return": res["return_mean"], "return_std": res["return_std"]})
+        return {"eval_score": res["score_mean"], "eval_score_std": res["score_std"],
+                "eval_return": res["return_mean"], "eval_return_std": res["return_std"]}
+
+    def final_and_best(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The last evaluation and the best-scored one (None when there is none)."""
+        scored = [e for e in self.evals if e.get("score") is not None]
+        return (self.evals[-1] if self.evals else None), (max(scored, key=lambda e: e["score"]) if scored else None)
+
+    def state_dict(self, wall_s: float) -> dict[str, Any]:
+        return {
+            "wall_s": float(wall_s),
+            "acc": self.means.state_dict(),
+            "evals": list(self.evals),
+            "coef_start": self.coef.start,
+            "coef_trace": dict(self.coef.points),
+            "last_row_step": self.last_row_step,
+            "last_row_wall": float(self.last_row_wall),
+            "pending_row": self.pending_row,
+            "warnings": list(self.coef.warnings),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: Any) -> None:
+        self.means.load_state_dict(state["acc"], device)
+        self.evals = list(state["evals"])
+        self.coef.start, self.coef.points = state["coef_start"], dict(state["coef_trace"])
+        self.coef.warnings = list(state.get("warnings", []))
+        self.last_row_step, self.last_row_wall = int(state["last_row_step"]), float(state["last_row_wall"])
+        self.pending_row = state.get("pending_row")

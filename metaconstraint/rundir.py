@@ -48,7 +48,7 @@ from .data.envspec import check_env_id, env_spec_from_json
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CheckpointError", "CheckpointNotice", "LoadedRun", "RunData", "RunEnv", "RunError",
-    "RunLock", "RunWarning", "atomic_write_text", "check_device", "checkpoint_digest", "checkpoint_path", "find_runs",
+    "RunLock", "RunWarning", "atomic_write_text", "check_device", "check_resumable", "checkpoint_digest", "checkpoint_path", "find_runs",
     "flat_settings", "git_commit", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_run",
     "load_run_data", "read_metrics", "read_summary", "remove_temp_files", "resume_checkpoint", "rng_state",
     "run_environment", "save_checkpoint", "set_rng_state",
@@ -250,6 +250,32 @@ def resume_checkpoint(
         f"no intact checkpoint to resume {run_dir} from: {detail}. Start it again with metaconstraint train "
         f"--config {run_dir / 'config.yaml'} --run-dir NEW_DIR"
     )
+
+
+def check_resumable(state: dict[str, Any], config: RunConfig, env: RunEnv) -> None:
+    """Refuse to resume from ``state`` when the run's settings (the device aside) or the dataset's
+    size and shapes differ from the checkpoint's: a resumed run keeps what it started with."""
+    saved = dict(state["config"])
+    try:  # a checkpoint written before a setting existed lacks it: compare with that setting's default
+        saved = run_config_from_dict(saved).to_dict()
+    except ConfigError:
+        pass
+    ours = config.to_dict()
+    saved.pop("device", None)
+    ours.pop("device", None)
+    if saved != ours:
+        diff = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+        raise RunError(
+            f"config.yaml differs from the checkpoint's config in {diff}; a resumed run keeps the settings it "
+            "started with (restore config.yaml, or start a new run with --config)"
+        )
+    for key in ("dataset_size", "obs_dim", "act_dim"):
+        if int(state["env"][key]) != int(getattr(env, key)):
+            raise RunError(
+                f"the dataset {config.dataset} has changed since the run started: {key} was {state['env'][key]} "
+                f"and is {getattr(env, key)} now. A resumed run must see the same data; restore the dataset or "
+                "start a new run"
+            )
 
 
 # ----------------------------------------------------------------------------- RNG state

@@ -37,12 +37,12 @@ from . import algos
 from .algos.base import NonFiniteError
 from .batch import Batch
 from .config import ConfigError, RunConfig, coefficient_name, dataset_key, dump_yaml, load_yaml, run_config_from_dict
-from .data import ObsNormalizer, load
+from .data import ObsNormalizer, Transitions, load
 from .data.envspec import check_env_id
 from .data.sampler import Sampler
 from .evaluation import EvaluationInterrupted, check_eval_env
 from .evaluation import evaluate as evaluate_policy
-from .metrics import CoefficientTrace, IntervalMeans, MetricsLog, WandbLogger
+from .metrics import CoefficientTrace, MetricsLog, RunRecord, WandbLogger
 from .plotting import plot_run
 from .rundir import (
     CHECKPOINT_FORMAT,
@@ -51,6 +51,7 @@ from .rundir import (
     RunLock,
     atomic_write_text,
     check_device,
+    check_resumable,
     checkpoint_path,
     flat_settings,
     latest_checkpoint,
@@ -63,7 +64,7 @@ from .rundir import (
     set_rng_state,
 )
 
-__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "default_run_dir", "format_duration"]
+__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "default_run_dir", "format_duration", "load_training_data"]
 
 
 class TrainingDiverged(RunError):
@@ -111,6 +112,27 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
+def load_training_data(config: RunConfig, trust_env_spec: bool = False) -> Transitions:
+    """The run's dataset, with the run's reference scores when it sets them; refused when its evaluation
+    env cannot be built (reset with the evaluation seed), since training would fail at its first evaluation."""
+    env_id = config.env_id
+    if env_id is not None:  # config.yaml is a file: its env id names trusted code unless told otherwise
+        env_id = check_env_id(env_id, "the run's env_id setting", trust_env_spec)
+    data = load(config.dataset, env_id=env_id, trust_env_spec=trust_env_spec)
+    if config.ref_min_score is not None:
+        data.ref_min_score, data.ref_max_score = float(config.ref_min_score), float(config.ref_max_score)
+        data.notes.append(f"reference scores {config.ref_min_score} / {config.ref_max_score} from the run's settings")
+    try:
+        check_eval_env(data, config.resolved_eval_seed(), data.obs_dim, data.act_dim, trust_env_spec=trust_env_spec)
+    except ValueError as err:
+        raise RunError(
+            f"dataset {config.dataset}: {err}. Training would fail at its first evaluation, so it does not start "
+            "(a dataset names its env by an env_id attribute (HDF5/npz) or env_spec (Minari metadata); "
+            "name it with --env-id, e.g. --env-id Hopper-v5)"
+        ) from err
+    return data
+
+
 class Trainer:
     """Trains one agent on one dataset into a run directory.
 
@@ -140,7 +162,7 @@ class Trainer:
         self._echo = echo
         # built by setup()
         self.device: torch.device | None = None
-        self.data: Any = None
+        self.data: Transitions | None = None
         self.normalizer: ObsNormalizer | None = None
         self.sampler: Sampler | None = None
         self.agent: algos.Agent | None = None
@@ -148,14 +170,9 @@ class Trainer:
         self.load_s = 0.0
         self.dataset_return: float | None = None
         self.dataset_score: float | None = None
-        self.coef: CoefficientTrace | None = None
-        # the run's progress (saved in checkpoints)
+        self.record: RunRecord | None = None  # rows, evaluations, the coefficient's trace (saved in checkpoints)
         self.step = 0
         self.wall_s = 0.0
-        self.evals: list[dict[str, Any]] = []  # step, score, return per evaluation
-        self.means = IntervalMeans()
-        self.last_row_step, self.last_row_wall = 0, 0.0
-        self.pending_row: int | None = None  # a step whose row (and evaluation) is still to be written
         # this session
         self.resuming = False  # set by resume(); the checkpoint is chosen once the run is locked
         self.resume_choice: str | Path | int | None = None
@@ -218,22 +235,7 @@ class Trainer:
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{c.algo} settings: {err}") from err
         t0 = time.perf_counter()
-        env_id = c.env_id
-        if env_id is not None:  # config.yaml is a file: its env id names trusted code unless told otherwise
-            env_id = check_env_id(env_id, "the run's env_id setting", self.trust_env_spec)
-        data = load(c.dataset, env_id=env_id, trust_env_spec=self.trust_env_spec)
-        if c.ref_min_score is not None:
-            data.ref_min_score, data.ref_max_score = float(c.ref_min_score), float(c.ref_max_score)
-            data.notes.append(f"reference scores {c.ref_min_score} / {c.ref_max_score} from the run's settings")
-        self.data = data
-        try:
-            check_eval_env(data, c.resolved_eval_seed(), data.obs_dim, data.act_dim, trust_env_spec=self.trust_env_spec)
-        except ValueError as err:
-            raise RunError(
-                f"dataset {c.dataset}: {err}. Training would fail at its first evaluation, so it does not start "
-                "(a dataset names its env by an env_id attribute (HDF5/npz) or env_spec (Minari metadata); "
-                "name it with --env-id, e.g. --env-id Hopper-v5)"
-            ) from err
+        self.data = data = load_training_data(c, self.trust_env_spec)
         self.normalizer = ObsNormalizer.from_transitions(data) if c.normalize_obs else ObsNormalizer.identity(data.obs_dim)
         sampler_seed = int(np.random.SeedSequence([c.seed, 0x5A4D]).generate_state(1)[0])
         self.sampler = Sampler(data, c.batch_size, self.device, self.normalizer, c.reward_scale, seed=sampler_seed)
@@ -248,7 +250,7 @@ class Trainer:
             None if self.dataset_return is None or data.ref_min_score is None or data.ref_max_score is None
             else 100.0 * (self.dataset_return - data.ref_min_score) / (data.ref_max_score - data.ref_min_score)
         )
-        self.coef = CoefficientTrace(self.coef_key, coefficient_value(self.agent), self.echo)
+        self.record = RunRecord(CoefficientTrace(self.coef_key, coefficient_value(self.agent), self.echo))
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -263,53 +265,17 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "normalizer": self.normalizer.state_dict(),
             "rng": rng_state(),
-            "trainer": {
-                "wall_s": float(self.wall_s),
-                "acc": self.means.state_dict(),
-                "evals": list(self.evals),
-                "coef_start": self.coef.start,
-                "coef_trace": dict(self.coef.points),
-                "last_row_step": self.last_row_step,
-                "last_row_wall": float(self.last_row_wall),
-                "pending_row": self.pending_row,
-                "warnings": list(self.coef.warnings),
-            },
+            "trainer": self.record.state_dict(self.wall_s),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = dict(state["config"])
-        try:  # a checkpoint written before a setting existed lacks it: compare with that setting's default
-            saved = run_config_from_dict(saved).to_dict()
-        except ConfigError:
-            pass
-        ours = self.config.to_dict()
-        saved.pop("device", None)
-        ours.pop("device", None)
-        if saved != ours:
-            diff = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
-            raise RunError(
-                f"config.yaml differs from the checkpoint's config in {diff}; a resumed run keeps the settings it "
-                "started with (restore config.yaml, or start a new run with --config)"
-            )
-        for key in ("dataset_size", "obs_dim", "act_dim"):
-            if int(state["env"][key]) != int(getattr(self.env, key)):
-                raise RunError(
-                    f"the dataset {self.config.dataset} has changed since the run started: {key} was {state['env'][key]} "
-                    f"and is {getattr(self.env, key)} now. A resumed run must see the same data; restore the dataset or "
-                    "start a new run"
-                )
+        check_resumable(state, self.config, self.env)
         self.agent.load_state_dict(state["agent"])
         self.sampler.load_state_dict(state["sampler"])
         self.normalizer.load_state_dict(state["normalizer"])
         set_rng_state(state["rng"])
-        t = state["trainer"]
-        self.step, self.wall_s = int(state["step"]), float(t["wall_s"])
-        self.means.load_state_dict(t["acc"], self.device)
-        self.evals = list(t["evals"])
-        self.coef.start, self.coef.points = t["coef_start"], dict(t["coef_trace"])
-        self.coef.warnings = list(t.get("warnings", []))
-        self.last_row_step, self.last_row_wall = int(t["last_row_step"]), float(t["last_row_wall"])
-        self.pending_row = t.get("pending_row")
+        self.step, self.wall_s = int(state["step"]), float(state["trainer"]["wall_s"])
+        self.record.load_state_dict(state["trainer"], self.device)
 
     def save(self) -> Path:
         """Checkpoint the current step and keep only the newest ``keep_checkpoints`` files.
@@ -412,7 +378,7 @@ class Trainer:
                 self.echo(f"{self.run_dir} was stopped before its first checkpoint: starting it over from step 0")
             else:
                 self.echo(f"resuming {self.run_dir} from step {self.step} ({self.resumed_from.name})")
-            if self.step >= c.steps and self.pending_row is None:
+            if self.step >= c.steps and self.record.pending_row is None:
                 self.echo(f"the run already finished at step {self.step}; nothing to do")
                 self.metrics.close()
                 return None
@@ -482,13 +448,13 @@ class Trainer:
     def catch_up(self) -> bool:
         """Write the row a signal or an error cut short (or the untrained policy's evaluation at step 0,
         so curves start where training does; no RNG of the run is used). True if a signal stopped it."""
-        c = self.config
-        if self.pending_row is not None:
-            if self._write_row(self.pending_row, evaluate=True):
+        pending = self.record.pending_row
+        if pending is not None:
+            if self._write_row(pending, evaluate=True):
                 self.status = "interrupted"
             else:
                 self.save()
-        elif self.step == 0 and c.eval_every > 0 and not self.evals:
+        elif self.step == 0 and self.config.eval_every > 0 and not self.record.evals:
             if self._write_row(0, evaluate=True):
                 self.status = "interrupted"
         return self.status == "interrupted"
@@ -503,7 +469,7 @@ class Trainer:
         c = self.config
         step = self.step = self.step + 1
         self._guard(logs, step)
-        self.means.add(logs)
+        self.record.means.add(logs)
         self.bar.update(1)
         self._tick()
         is_eval = step == c.steps or (c.eval_every > 0 and step % c.eval_every == 0)
@@ -584,40 +550,34 @@ class Trainer:
         try:
             self._log_row(step, evaluate)
         except EvaluationInterrupted:
-            self.pending_row = step
+            self.record.pending_row = step
             self.save()
             return True
         except _EvaluationFailed as err:
-            self.pending_row = step
+            self.record.pending_row = step
             path = self.save()
             raise RunError(
                 f"the evaluation at step {step} failed: {err}. The checkpoint {path} and summary.json were written "
                 f"first; fix the cause, then continue with metaconstraint train --resume {self.run_dir} (it evaluates "
                 "that step again)"
             ) from err.__cause__
-        self.pending_row = None
+        self.record.pending_row = None
         return False
 
     def _log_row(self, step: int, evaluate: bool) -> None:
         """Means over the interval (floats now, not before), an evaluation if due, one row written."""
-        row: dict[str, Any] = {"step": step, "wall_s": round(self.wall_s, 3)}
-        dt = self.wall_s - self.last_row_wall
-        row["steps_per_s"] = round((step - self.last_row_step) / dt, 2) if dt > 0 else None
-        row.update(self.means.means())
-        if self.coef_key in row:
-            self.coef.add(step, row[self.coef_key])  # the same value again if this row is redone
+        row = self.record.row(step, self.wall_s)
         if evaluate:
             row.update(self._evaluate(step))  # may raise: the interval's sums are kept for the redo
-        self.means.clear()
+        self.record.close_row(step, self.wall_s)
         self.metrics.write(row)
-        self.last_row_step, self.last_row_wall = step, self.wall_s
         post = {}
         if self.coef_key in row:
             post[self.coef_key] = f"{row[self.coef_key]:.3g}"
         if "q_mean" in row:
             post["Q"] = f"{row['q_mean']:.3g}"
-        if self.evals:
-            last = self.evals[-1]
+        if self.record.evals:
+            last = self.record.evals[-1]
             post["score"] = f"{last['score']:.1f}" if last.get("score") is not None else f"R {last['return']:.1f}"
         if self.bar is not None and post:
             self.bar.set_postfix(post, refresh=False)
@@ -636,22 +596,15 @@ class Trainer:
             raise
         except Exception as err:
             raise _EvaluationFailed(f"{type(err).__name__}: {err}") from err
-        entry = {"step": step, "score": res["score_mean"], "score_std": res["score_std"], "return": res["return_mean"],
-                 "return_std": res["return_std"]}
-        self.evals.append(entry)
-        coef = self.coef.last
+        columns = self.record.add_evaluation(step, res)
+        coef = self.record.coef.last
         score = f"score {res['score_mean']:.1f} ± {res['score_std']:.1f}  " if res["score_mean"] is not None else ""
         self.echo(
             f"step {step}/{self.config.steps}  {score}return {res['return_mean']:.1f}"
             + (f"  {self.coef_key} {coef:.3g}" if coef is not None else "")
             + f"  ({format_duration(self.wall_s)})"
         )
-        return {
-            "eval_score": res["score_mean"],
-            "eval_score_std": res["score_std"],
-            "eval_return": res["return_mean"],
-            "eval_return_std": res["return_std"],
-        }
+        return columns
 
     # -------------------------------------------------------------- outputs
     def _finish_outputs(self, status: str) -> dict[str, Any]:
@@ -676,9 +629,7 @@ class Trainer:
     def write_summary(self, status: str, plots: list[str] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` (atomically) and return it."""
         c = self.config
-        final = self.evals[-1] if self.evals else None
-        scored = [e for e in self.evals if e.get("score") is not None]
-        best = max(scored, key=lambda e: e["score"]) if scored else None
+        final, best = self.record.final_and_best()
         if self.environment is None:
             try:
                 self.environment = run_environment(self.device or c.device)
@@ -701,14 +652,14 @@ class Trainer:
             "dataset_return": self.dataset_return,
             "dataset_score": self.dataset_score,
             "best_score_step": None if best is None else best["step"],
-            **self.coef.summary(coefficient_value(self.agent), self.step),
+            **self.record.coef.summary(coefficient_value(self.agent), self.step),
             "wall_s": round(self.wall_s, 2),
             "steps_per_s": round(self.step / self.wall_s, 2) if self.wall_s > 0 else None,
             "data_load_s": round(self.load_s, 2),
             "checkpoint": None if checkpoint is None else str(checkpoint),
             "plots": plots or [],
-            "evals": self.evals,
-            "warnings": list(self.coef.warnings),
+            "evals": self.record.evals,
+            "warnings": list(self.record.coef.warnings),
             "environment": self.environment,
         }
         if self.error is not None:
