@@ -9,9 +9,11 @@ One training step is three calls the loop makes in order (:meth:`Trainer.train`)
 
     batch = trainer.next_batch()          # this run's minibatch (its sampler's stream)
     logs = trainer.agent.update(batch)    # the gradient step: the one call a driver may replace
-    trainer.after_update(logs)            # count, log, evaluate, checkpoint; True: stop
+    trainer.after_update(logs)            # count, log, evaluate, checkpoint; True: stop here
 
-so a driver can step several trainers in lockstep with one batched update of all their agents.
+(an update that refuses a NaN/Inf raises ``trainer.diverged_in_update(err)``), so a driver can step
+several trainers in lockstep with one batched update of all their agents, each trainer inside its
+own ``locked()`` / ``start()`` / ``session()`` and ending with ``finish()``.
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ class Trainer:
         self.lock: RunLock | None = None
         self.metrics: MetricsLog | None = None
         self.bar: Any = None
+        self.end = config.steps  # the step this session trains to (start() sets it)
         self.status = "finished"
         self.stop_signal: int | None = None
         self.error: dict[str, Any] | None = None  # what summary.json reports of a divergence or failure
@@ -304,19 +307,18 @@ class Trainer:
         evaluation env fails before anything else is written there.
         """
         with self.locked():
-            end = self.start(stop_after)
-            if end is None:  # a resumed run that had already finished
+            if not self.start(stop_after):  # a resumed run that had already finished
                 summary = self.write_summary("finished")
                 return TrainResult("finished", self.step, self.run_dir, summary, checkpoint=self.resumed_from)
             with self.session():
                 stop = self.catch_up()
-                while self.step < end and not stop:
+                while self.step < self.end and not stop:
                     batch = self.next_batch()
                     try:
                         logs = self.agent.update(batch)
                     except FloatingPointError as err:
                         raise self.diverged_in_update(err) from err
-                    stop = self.after_update(logs, end)
+                    stop = self.after_update(logs)
             return self.finish()
 
     @contextlib.contextmanager
@@ -353,9 +355,9 @@ class Trainer:
         finally:
             self.lock.release()
 
-    def start(self, stop_after: int | None = None) -> int | None:
-        """Open the metrics files, write config.yaml (a new run) or load the checkpoint (a resumed one);
-        returns the step to train to, or None when a resumed run had already finished."""
+    def start(self, stop_after: int | None = None) -> bool:
+        """Open the metrics files, write config.yaml (a new run) or load the checkpoint (a resumed one)
+        and set the step to train to (``end``); False when a resumed run had already finished."""
         c = self.config
         try:
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -381,7 +383,7 @@ class Trainer:
             if self.step >= c.steps and self.record.pending_row is None:
                 self.echo(f"the run already finished at step {self.step}; nothing to do")
                 self.metrics.close()
-                return None
+                return False
         else:
             dump_yaml(c, self.run_dir / "config.yaml")
             self.echo(
@@ -390,7 +392,8 @@ class Trainer:
             )
         if stop_after is not None and stop_after <= self.step:
             raise ConfigError(f"--stop-after {stop_after} is not past the current step {self.step}")
-        return c.steps if stop_after is None else min(c.steps, stop_after)
+        self.end = c.steps if stop_after is None else min(c.steps, stop_after)
+        return True
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -463,7 +466,7 @@ class Trainer:
         """This run's next minibatch."""
         return self.sampler.sample()
 
-    def after_update(self, logs: dict[str, torch.Tensor], end: int) -> bool:
+    def after_update(self, logs: dict[str, torch.Tensor]) -> bool:
         """Count the update whose ``logs`` are given, write the step's row (and evaluation) and checkpoint
         when due; True when the run must stop here (a signal came)."""
         c = self.config
@@ -473,12 +476,13 @@ class Trainer:
         self.bar.update(1)
         self._tick()
         is_eval = step == c.steps or (c.eval_every > 0 and step % c.eval_every == 0)
-        if is_eval or step % c.log_every == 0 or step == end:
+        if is_eval or step % c.log_every == 0 or step == self.end:
             if self._write_row(step, evaluate=is_eval):
                 self.status = "interrupted"  # the signal came during the evaluation: checkpoint written
                 return True
             self._tick()
-        if (c.checkpoint_every > 0 and step % c.checkpoint_every == 0) or self.stop_signal is not None or step == end:
+        due = c.checkpoint_every > 0 and step % c.checkpoint_every == 0
+        if due or self.stop_signal is not None or step == self.end:
             self.save()
         if self.stop_signal is not None:
             self.status = "interrupted"
