@@ -21,6 +21,8 @@ _SUBMODULES = {
     "data",
     "evaluation",
     "training",
+    "rundir",
+    "metrics",
     "config",
     "plotting",
     "report",

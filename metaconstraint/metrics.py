@@ -15,7 +15,9 @@ from torch import Tensor
 
 from .rundir import RunError, atomic_write_text
 
-__all__ = ["EVAL_COLUMNS", "CoefficientTrace", "IntervalMeans", "MetricsLog", "RunRecord", "WandbLogger", "tensorboard_tag"]
+__all__ = [
+    "EVAL_COLUMNS", "CoefficientTrace", "IntervalMeans", "MetricsLog", "RunRecord", "WandbLogger", "tensorboard_tag",
+]
 
 EVAL_COLUMNS = ("eval_score", "eval_score_std", "eval_return", "eval_return_std")
 

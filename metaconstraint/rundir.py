@@ -48,10 +48,10 @@ from .data.envspec import check_env_id, env_spec_from_json
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CheckpointError", "CheckpointNotice", "LoadedRun", "RunData", "RunEnv", "RunError",
-    "RunLock", "RunWarning", "atomic_write_text", "check_device", "check_resumable", "checkpoint_digest", "checkpoint_path", "find_runs",
-    "flat_settings", "git_commit", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_run",
-    "load_run_data", "read_metrics", "read_summary", "remove_temp_files", "resume_checkpoint", "rng_state",
-    "run_environment", "save_checkpoint", "set_rng_state",
+    "RunLock", "RunWarning", "atomic_write_text", "check_device", "check_resumable", "checkpoint_arg",
+    "checkpoint_digest", "checkpoint_path", "find_runs", "flat_settings", "git_commit", "latest_checkpoint",
+    "list_checkpoints", "load_checkpoint", "load_run", "load_run_data", "read_metrics", "read_summary",
+    "remove_temp_files", "resume_checkpoint", "rng_state", "run_environment", "save_checkpoint", "set_rng_state",
 ]  # fmt: skip
 
 CHECKPOINT_FORMAT = "metaconstraint.checkpoint/1"
@@ -348,6 +348,32 @@ class RunLock:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / ".lock"
         self._fd: int | None = None
+        self.created: list[Path] = []  # the folders create() made, deepest first
+
+    @classmethod
+    def create(cls, run_dir: str | Path) -> "RunLock":
+        """Create ``run_dir`` (with its missing parents) and lock it; :meth:`undo` removes what this made."""
+        run_dir = Path(run_dir)
+        created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunError(f"cannot create the run directory '{run_dir}': {err.strerror or err}") from err
+        lock = cls(run_dir).acquire()
+        lock.created = created
+        return lock
+
+    def undo(self) -> None:
+        """Release the lock and, when :meth:`create` made the run directory (nothing else was written
+        there yet), remove it with the lock file: a run that failed to start leaves no trace."""
+        if self.created:
+            self.path.unlink(missing_ok=True)
+            self.release()
+            for folder in self.created:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
     def acquire(self) -> "RunLock":
         try:

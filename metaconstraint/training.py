@@ -66,7 +66,9 @@ from .rundir import (
     set_rng_state,
 )
 
-__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "default_run_dir", "format_duration", "load_training_data"]
+__all__ = [
+    "TrainResult", "Trainer", "TrainingDiverged", "default_run_dir", "format_duration", "load_training_data", "stop_on_signals",
+]
 
 
 class TrainingDiverged(RunError):
@@ -133,6 +135,28 @@ def load_training_data(config: RunConfig, trust_env_spec: bool = False) -> Trans
             "name it with --env-id, e.g. --env-id Hopper-v5)"
         ) from err
     return data
+
+
+def stop_on_signals(on_signal: Callable[[int], bool]) -> Callable[[], None]:
+    """Route SIGINT and SIGTERM to ``on_signal(signum)`` (in the main thread; elsewhere nothing changes).
+    When it returns False the previous handlers come back and the signal aborts (KeyboardInterrupt).
+    Returns the function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    def handler(signum: int, frame: Any) -> None:
+        if not on_signal(signum):
+            restore()
+            raise KeyboardInterrupt
+
+    for s in old:
+        signal.signal(s, handler)
+    return restore
 
 
 class Trainer:
@@ -325,12 +349,7 @@ class Trainer:
     def locked(self) -> Iterator[None]:
         """Create and lock the run directory, check it and :meth:`setup`; unlock at the end. A failure
         before the run started leaves no trace of it (only folders created here are removed)."""
-        created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise RunError(f"cannot create the run directory '{self.run_dir}': {err.strerror or err}") from err
-        self.lock = RunLock(self.run_dir).acquire()
+        self.lock = RunLock.create(self.run_dir)
         try:
             for p in remove_temp_files(self.run_dir):
                 self.echo(f"removed {p.name}, a temporary file left by a killed write")
@@ -342,14 +361,7 @@ class Trainer:
                     )
                 self.setup()
             except BaseException:
-                if created:  # nothing but the lock file was written: leave no trace
-                    self.lock.path.unlink(missing_ok=True)
-                    self.lock.release()
-                    for folder in created:
-                        try:
-                            folder.rmdir()
-                        except OSError:
-                            break
+                self.lock.undo()
                 raise
             yield
         finally:
@@ -400,7 +412,7 @@ class Trainer:
         """Signal handlers, the progress bar and the wall clock around the steps. A divergence or a
         failed evaluation or write ends the session with summary.json written (status diverged or
         failed) before the error goes on."""
-        old_handlers = self._install_signals()
+        restore_signals = stop_on_signals(self._on_signal)
         self.bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                         mininterval=0.5, desc=self.config.algo, unit="step", file=sys.stderr)
         self.session_start, self.wall_base = time.perf_counter(), self.wall_s
@@ -426,8 +438,7 @@ class Trainer:
                 raise
             raise err from caught
         finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
+            restore_signals()
             self._close_session()
 
     def _close_session(self) -> None:
@@ -488,26 +499,16 @@ class Trainer:
             self.status = "interrupted"
         return self.stop_signal is not None
 
-    # -------------------------------------------------------------- signals
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        old: dict[int, Any] = {}
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.stop_signal is not None:  # a second signal: stop now
-                for s, h in old.items():
-                    signal.signal(s, h)
-                raise KeyboardInterrupt
-            self.stop_signal = signum
-            self.echo(
-                f"\n{signal.Signals(signum).name} received: finishing the current update and writing a checkpoint "
-                "(send it again to abort without one)"
-            )
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old[s] = signal.signal(s, handler)
-        return old
+    def _on_signal(self, signum: int) -> bool:
+        """The first SIGINT/SIGTERM: stop after the current update (True); a second one: abort now (False)."""
+        if self.stop_signal is not None:
+            return False
+        self.stop_signal = signum
+        self.echo(
+            f"\n{signal.Signals(signum).name} received: finishing the current update and writing a checkpoint "
+            "(send it again to abort without one)"
+        )
+        return True
 
     # -------------------------------------------------------------- per step
     def _guard(self, logs: dict[str, torch.Tensor], step: int) -> None:
