@@ -201,11 +201,13 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The run's newest checkpoint (None when it has none)."""
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1][1] if ckpts else None
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives: ``checkpoints/step_00001000.pt``."""
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}.pt"
 
 
@@ -280,6 +282,7 @@ def check_resumable(state: dict[str, Any], config: RunConfig, env: RunEnv) -> No
 
 # ----------------------------------------------------------------------------- RNG state
 def rng_state() -> dict[str, Any]:
+    """The global torch (and CUDA), numpy and Python RNG states, as plain data for a checkpoint."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -301,6 +304,7 @@ def _py_random_state() -> list[Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -312,6 +316,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- writing files
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename: readers see the old text or the new, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text)
