@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .cliargs import HelpFormatter, nonneg_int, number, positive_int
+
 __all__ = ["build_parser", "main"]
 
 EXAMPLES = """examples:
@@ -32,65 +34,14 @@ EXAMPLES = """examples:
 """
 
 
-# ----------------------------------------------------------------------------- help
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds "(default: X)" to an option's help unless the help already says its default, or there is
-    nothing to say (no default, a flag that is off)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
-            return text
-        return super()._get_help_string(action)
-
-
-# ----------------------------------------------------------------------------- argument types
-def _positive_int(text: str) -> int:
-    try:
-        v = int(str(text).replace("_", ""))
-    except ValueError:
-        try:
-            f = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-        if not f.is_integer():
-            raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-        v = int(f)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(str(text).replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _number(text: str) -> float:
-    import math
-
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
-    return v
-
-
 def _add_own_data(a: Any, what: str) -> None:
     """--env-id, --ref-min-score, --ref-max-score (train and eval)."""
     a("--env-id", metavar="ENV_ID",
       help=f"Gymnasium env {what} evaluates in, when the dataset names none or to override it (e.g. Hopper-v5)")
-    a("--ref-min-score", type=_number, metavar="R0",
+    a("--ref-min-score", type=number, metavar="R0",
       help="return that scores 0 (with --ref-max-score), when the dataset has no reference scores or to override them; "
            "without any, scores are raw returns")
-    a("--ref-max-score", type=_number, metavar="R100", help="return that scores 100 (with --ref-min-score)")
+    a("--ref-max-score", type=number, metavar="R100", help="return that scores 100 (with --ref-min-score)")
 
 
 def _algo(text: str) -> str:
@@ -135,13 +86,13 @@ def _add_train(sub: Any) -> None:
     a("--preset", choices=list(PRESETS),
       help="base settings: quick (narrow nets, short run; the default for built-in datasets) or paper "
            "(the algorithm's published sizes; the default otherwise)")
-    a("--steps", type=_positive_int, metavar="N",
+    a("--steps", type=positive_int, metavar="N",
       help=f"gradient steps (default: {q['steps']} quick, {p['steps']} paper)")
-    a("--eval-every", type=_nonneg_int, metavar="M",
+    a("--eval-every", type=nonneg_int, metavar="M",
       help=f"steps between evaluations, 0 = only at the end (default: {q['eval_every']} quick, {p['eval_every']} paper)")
-    a("--eval-episodes", type=_positive_int, metavar="E", help=f"episodes per evaluation (default: {q['eval_episodes']})")
-    a("--seed", type=_nonneg_int, metavar="S", help="seed of networks, batches and evaluation episodes (default: 0)")
-    a("--batch-size", type=_positive_int, metavar="B", help="minibatch size (default: 256, or the algorithm's own with paper)")
+    a("--eval-episodes", type=positive_int, metavar="E", help=f"episodes per evaluation (default: {q['eval_episodes']})")
+    a("--seed", type=nonneg_int, metavar="S", help="seed of networks, batches and evaluation episodes (default: 0)")
+    a("--batch-size", type=positive_int, metavar="B", help="minibatch size (default: 256, or the algorithm's own with paper)")
     a("--run-dir", metavar="DIR", help="where the run is written (default: runs/<algo>-<dataset>-seed<S>-<time>)")
     a("--config", metavar="FILE.yaml", help="YAML settings (a run's config.yaml works); flags and --set override it")
     a("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
@@ -149,14 +100,14 @@ def _add_train(sub: Any) -> None:
            "algorithm field (alpha=3); a learned coefficient's update (aspc, *-adaptive) under constraint. "
            "(constraint.lr=1e-3, constraint.every=5, constraint.horizon=5); repeatable")
     a("--device", metavar="cpu|cuda", help="training device (default: cpu)")
-    a("--log-every", type=_positive_int, metavar="K", help=f"steps per metrics row (default: {q['log_every']} quick, {p['log_every']} paper)")
-    a("--checkpoint-every", type=_nonneg_int, metavar="K",
+    a("--log-every", type=positive_int, metavar="K", help=f"steps per metrics row (default: {q['log_every']} quick, {p['log_every']} paper)")
+    a("--checkpoint-every", type=nonneg_int, metavar="K",
       help=f"steps between checkpoints, 0 = only at the end (default: {q['checkpoint_every']} quick, {p['checkpoint_every']} paper)")
-    a("--keep-checkpoints", type=_positive_int, metavar="N", help="how many recent checkpoints to keep (default: 3)")
+    a("--keep-checkpoints", type=positive_int, metavar="N", help="how many recent checkpoints to keep (default: 3)")
     a("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint (takes no other settings)")
-    a("--stop-after", type=_positive_int, metavar="N",
+    a("--stop-after", type=positive_int, metavar="N",
       help="checkpoint and stop once N total steps are done (continue later with --resume)")
-    a("--threads", type=_positive_int, metavar="T",
+    a("--threads", type=positive_int, metavar="T",
       help="torch CPU threads (default: $OMP_NUM_THREADS if set; else 1 with the quick preset, whose small networks "
            "run fastest on one thread, and torch's choice with paper)")
     a("--no-plots", action="store_true", help="do not draw plots at the end")
@@ -188,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's policy in its environment", formatter_class=HelpFormatter)
     e.add_argument("--run-dir", required=True, metavar="DIR", help="the run directory")
     e.add_argument("--checkpoint", metavar="STEP|PATH", help="a step number or checkpoint file (default: the newest)")
-    e.add_argument("--episodes", type=_positive_int, default=10, help="episodes to run")
-    e.add_argument("--seed", type=_nonneg_int, default=None, help="first episode's reset seed (default: the run's eval seed)")
+    e.add_argument("--episodes", type=positive_int, default=10, help="episodes to run")
+    e.add_argument("--seed", type=nonneg_int, default=None, help="first episode's reset seed (default: the run's eval seed)")
     e.add_argument("--device", default="cpu", help="device for the policy")
     e.add_argument("--json", action="store_true", help="print only the result as JSON")
     e.add_argument("--trust-env-spec", action="store_true",
@@ -224,10 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pool", nargs="+", default=[], metavar="SETTING",
                    help="average runs whose settings differ only in these, e.g. --pool alpha (default: a column is one "
                         "configuration; runs with different settings are never averaged)")
-    r.add_argument("--ref-min-score", type=_number, metavar="R0",
+    r.add_argument("--ref-min-score", type=number, metavar="R0",
                    help="with --ref-max-score: normalise the final returns of runs that have no reference scores of "
                         "their own (default: such runs are shown with raw returns, outside the averages)")
-    r.add_argument("--ref-max-score", type=_number, metavar="R100", help="the return that scores 100 (with --ref-min-score)")
+    r.add_argument("--ref-max-score", type=number, metavar="R100", help="the return that scores 100 (with --ref-min-score)")
     r.add_argument("--env-id", metavar="ENV_ID",
                    help="apply --ref-min-score/--ref-max-score only to runs in this env (default: every run without "
                         "reference scores)")
@@ -339,7 +290,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_train_summary(result: Any, total_s: float) -> None:
-    from .training import _fmt_duration
+    from .training import format_duration
 
     s = result.summary
     run_dir = result.run_dir
@@ -347,7 +298,7 @@ def _print_train_summary(result: Any, total_s: float) -> None:
     verb = {"finished": "finished", "stopped": "stopped (as asked)", "interrupted": "interrupted"}.get(result.status, result.status)
     lines.append(
         f"\n{verb}: {s['algo']} on {s['dataset']}, step {s['step']}/{s['steps']}, "
-        f"{_fmt_duration(total_s)} in all ({s['steps_per_s']} steps/s while training)"
+        f"{format_duration(total_s)} in all ({s['steps_per_s']} steps/s while training)"
     )
     if s.get("final_score") is not None:
         lines.append(
@@ -378,7 +329,7 @@ def _print_train_summary(result: Any, total_s: float) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
-    from .training import load_run
+    from .rundir import load_run
 
     run = load_run(args.run_dir, args.checkpoint, device=args.device, echo=lambda text: print(text, file=sys.stderr))
     seed = run.config.resolved_eval_seed() if args.seed is None else args.seed
@@ -435,7 +386,8 @@ def _tty() -> bool:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plotting import find_runs, plot_runs
+    from .plotting import plot_runs
+    from .rundir import find_runs
 
     try:
         runs = find_runs(args.runs)
@@ -538,7 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(1)  # small policies: one thread is fastest and polite to other jobs
     from .config import ConfigError
-    from .training import RunError, TrainingDiverged
+    from .rundir import RunError
+    from .training import TrainingDiverged
 
     try:
         from .data import DataError

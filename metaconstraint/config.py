@@ -166,7 +166,7 @@ def algo_class(name: str) -> type:
 
 def coefficient_name(algo: str) -> str:
     """The log key of the algorithm's constraint coefficient (``alpha`` for ASPC / TD3+BC)."""
-    return getattr(algo_class(algo), "coefficient_name", "alpha")
+    return algo_class(algo).coefficient_name
 
 
 def dataset_key(dataset: str) -> str:
@@ -518,10 +518,10 @@ def resolve(
     base = dict(PRESETS[preset])
     agent_base = {k: v for k, v in base.pop("agent").items() if k in agent_types}
     if base.get("batch_size") is None:
-        base["batch_size"] = int(getattr(cls, "batch_size", 256))
+        base["batch_size"] = int(cls.batch_size)
 
     # The algorithm's per-dataset settings (published tuning), below the user's layers.
-    algo_presets: Mapping[str, Mapping[str, Any]] = getattr(cls, "presets", None) or {}
+    algo_presets: Mapping[str, Mapping[str, Any]] = cls.presets
     ap_raw, where = _pick(layers, "algo_preset", "auto")
     ap = _coerce(ap_raw, str, f"algo_preset ({where})")
     if ap == "auto":

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .training import LoadedRun, RunError, load_run
+from .algos.base import Agent
+from .rundir import LoadedRun, RunError, load_run
 
 __all__ = ["ExportedPolicy", "LoadedPolicy", "export_policy", "is_exported_policy", "load_policy", "policy_module",
            "read_metadata"]
@@ -64,36 +65,33 @@ class ExportedPolicy(nn.Module):
 class _AgentAct(nn.Module):
     """``agent.act`` as a module, for agents whose actor network is not itself the policy (traced, not scripted)."""
 
-    def __init__(self, agent: Any):
+    def __init__(self, agent: Agent):
         super().__init__()
-        actor = getattr(agent, "actor", None)
-        if isinstance(actor, nn.Module):
-            self.actor = actor  # so tracing records its parameters as the module's own
+        if isinstance(agent.actor, nn.Module):
+            self.actor = agent.actor  # so tracing records its parameters as the module's own
         self._act = agent.act
 
     def forward(self, obs: Tensor) -> Tensor:
         return self._act(obs)
 
 
-def policy_module(agent: Any, obs_dim: int) -> nn.Module:
+def policy_module(agent: Agent, obs_dim: int) -> nn.Module:
     """A module mapping normalised observations to the agent's actions.
 
     The agent's ``export_module()`` if it has one; else its ``actor`` network when that returns
     exactly what ``act`` does (TD3+BC, ASPC, ReBRAC, ...); else ``act`` itself, to be traced
     (a Gaussian actor returning ``(mean, log_std)``, ...).
     """
-    make = getattr(agent, "export_module", None)
-    if callable(make):
-        return make()
-    actor = getattr(agent, "actor", None)
+    own = agent.export_module()
+    if own is not None:
+        return own
+    actor = agent.actor
     if isinstance(actor, nn.Module):
         probe = torch.randn(8, obs_dim, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             out = actor(probe)
             if isinstance(out, Tensor) and torch.equal(out, agent.act(probe)):
                 return copy.deepcopy(actor)
-    if not callable(getattr(agent, "act", None)):
-        raise RunError(f"cannot export {type(agent).__name__}: it has no act() method")
     return _AgentAct(agent)
 
 

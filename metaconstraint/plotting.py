@@ -14,17 +14,16 @@ import difflib
 import functools
 import json
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .config import dotted_keys, renamed_agent_setting
+from .config import ConfigError, resolve
+from .rundir import RunData, flat_settings, load_run_data
 
 __all__ = [
-    "NOT_RESULT", "RunData", "check_pool", "find_runs", "flat_settings", "group_runs", "load_run_data", "plot_run", "plot_runs",
-    "resolved_settings", "settings_key", "variant_labels",
+    "NOT_RESULT", "check_pool", "group_runs", "plot_run", "plot_runs", "resolved_settings", "settings_key", "variant_labels",
 ]
 
 LOSS_KEYS = (("critic_loss", True), ("actor_loss", False), ("bc_loss", True), ("q_mean", False))
@@ -37,81 +36,6 @@ TERM_KEYS = (("L1", "L1: loss after the step (coefficient held)", False), ("L2",
 GREEK = {"alpha": "α", "beta": "β", "beta1": "β₁", "lambda": "λ"}
 
 
-@dataclass
-class RunData:
-    """A run directory's config, metrics rows and summary."""
-
-    path: Path
-    config: dict[str, Any]
-    rows: list[dict[str, float]]
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def algo(self) -> str:
-        return str(self.config.get("algo", "?"))
-
-    @property
-    def dataset(self) -> str:
-        return str(self.config.get("dataset", "?"))
-
-    @property
-    def seed(self) -> int:
-        return int(self.config.get("seed", 0))
-
-    @property
-    def coef_key(self) -> str:
-        if self.summary.get("coefficient"):
-            return str(self.summary["coefficient"])
-        try:
-            from .config import coefficient_name
-
-            return coefficient_name(self.algo)
-        except Exception:
-            return "alpha"
-
-    def settings_key(self, pool: Sequence[str] = ()) -> str:
-        return settings_key(self.config, pool)
-
-    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(steps, values)`` of the rows that have ``key``."""
-        pts = [(r["step"], r[key]) for r in self.rows if key in r and "step" in r]
-        if not pts:
-            return np.zeros(0), np.zeros(0)
-        a = np.asarray(pts, dtype=np.float64)
-        return a[:, 0], a[:, 1]
-
-
-def load_run_data(run_dir: str | Path) -> RunData:
-    import yaml
-
-    from .training import read_metrics, read_summary
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"'{run_dir}' is not a run directory (no config.yaml)")
-    config = yaml.safe_load(cfg_path.read_text()) or {}
-    summary = read_summary(run_dir)  # a damaged summary.json is skipped with a warning
-    return RunData(run_dir, config, read_metrics(run_dir), summary)
-
-
-def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run directories named, or found below the folders named (any depth), sorted."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FileNotFoundError(f"'{p}' does not exist")
-        if (p / "config.yaml").is_file():
-            out.append(p)
-        else:
-            found = sorted(c.parent for c in p.rglob("config.yaml") if (c.parent / "metrics.csv").exists())
-            if not found:
-                raise FileNotFoundError(f"no run directories (with config.yaml and metrics.csv) in '{p}'")
-            out.extend(found)
-    seen: set[Path] = set()
-    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
-
-
 # ----------------------------------------------------------------------------- grouping by configuration
 # Settings that do not split groups: seeds (what a group averages over); the device and how often the
 # trainer logs and checkpoints (they do not change what a run computes: a run resumed from any
@@ -122,24 +46,6 @@ NOT_RESULT = ("seed", "agent.seed", "eval_seed", "device", "log_every", "checkpo
               "preset", "algo_preset")
 # Never shown in a label: the row/column itself, and a value that follows another setting.
 _NOT_LABELLED = ("algo", "dataset", "tag", "agent.planned_steps")
-
-
-def flat_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"steps": 8000, "agent": {"alpha": 2.5, "constraint": {"lr": 0.1}}}`` -> ``{"steps": 8000,
-    "agent.alpha": 2.5, "agent.constraint.lr": 0.1}`` (tuples as lists). A setting saved under a name it
-    had before a rename (``alpha_lr``) is listed under its current name (``agent.constraint.lr``)."""
-
-    def plain(v: Any) -> Any:
-        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if key == "agent" and isinstance(value, Mapping):
-            algo = str(config.get("algo"))
-            out.update({f"agent.{renamed_agent_setting(algo, k) or k}": plain(v) for k, v in dotted_keys(value).items()})
-        elif key != "agent":
-            out[str(key)] = plain(value)
-    return out
 
 
 def resolved_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -185,8 +91,6 @@ def format_value(value: Any) -> str:
 def _defaults(algo: str, dataset: str, preset: str | None) -> dict[str, Any] | None:
     """The algorithm's defaults for a run: the flat settings ``metaconstraint train --algo ALGO --dataset
     DATASET --preset PRESET`` would use (None for an algorithm this package does not know)."""
-    from .config import ConfigError, resolve
-
     try:
         return flat_settings(resolve(flags={"algo": algo, "dataset": dataset, "preset": preset}).to_dict())
     except (ConfigError, ImportError, TypeError, ValueError):
@@ -274,7 +178,7 @@ def group_runs(runs: Sequence[RunData], pool: Sequence[str] = ()) -> tuple[dict[
     labels, common = variant_labels((r.config for r in runs), pool)
     groups: dict[str, list[RunData]] = {}
     for r in runs:
-        groups.setdefault(f"{labels[r.settings_key(pool)]} / {r.dataset}", []).append(r)
+        groups.setdefault(f"{labels[settings_key(r.config, pool)]} / {r.dataset}", []).append(r)
     return groups, common
 
 

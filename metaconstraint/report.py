@@ -29,8 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .plotting import (GREEK, RunData, check_pool, describe_settings, find_runs, format_value, load_run_data,
-                       resolved_settings, variant_labels)
+from .plotting import GREEK, check_pool, describe_settings, format_value, resolved_settings, settings_key, variant_labels
+from .rundir import RunData, find_runs, load_run_data
 
 __all__ = ["Cell", "collect_runs", "dataset_order", "quality_correlations", "report_markdown", "summarise"]
 
@@ -131,7 +131,7 @@ def summarise(runs: Sequence[RunData], pool: Sequence[str] = (), ref: tuple[floa
         kept.append((run, score, coef, raw))
     labels, _ = variant_labels((r.config for r, _, _, _ in kept), pool)
     for run, score, coef, raw in kept:
-        label = labels[run.settings_key(pool)]
+        label = labels[settings_key(run.config, pool)]
         cell = cells.setdefault((label, run.dataset), Cell(label, run.dataset, [], [], run.coef_key, []))
         cell.runs.append(run)
         cell.scores.append(float(score))

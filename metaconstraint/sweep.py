@@ -45,9 +45,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from .cliargs import nonneg_int, positive_int
 from .config import ConfigError, RunConfig, algo_class, dataset_key, dotted_keys, is_agent_setting, resolve
-from .plotting import NOT_RESULT, flat_settings, format_value, settings_key
-from .training import read_summary
+from .plotting import NOT_RESULT, format_value, settings_key
+from .rundir import flat_settings, read_summary
 
 __all__ = ["PlannedRun", "SpecError", "grid_from_flags", "load_spec", "plan", "run_state", "run_sweep"]
 
@@ -543,8 +544,6 @@ def cli_sweep(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``sweep`` subcommand (registered by ``metaconstraint.cli``)."""
-    from .cli import _nonneg_int, _positive_int
-
     def resources(text: str) -> float:
         try:
             v = float(text)
@@ -583,10 +582,10 @@ def add_parser(sub: Any) -> None:
     a("--out", metavar="DIR", help="the results folder: run directories go to DIR/<variant>/ (required without a spec's out:)")
     a("--cpus-per-run", type=resources, default=1.0, metavar="N", help="CPUs Ray reserves per run (and torch threads)")
     a("--gpus-per-run", type=resources, default=0.0, metavar="N", help="GPUs Ray reserves per run (fractions allowed)")
-    a("--max-parallel", type=_positive_int, metavar="N", help="at most N runs at once (default: as many as the resources allow)")
+    a("--max-parallel", type=positive_int, metavar="N", help="at most N runs at once (default: as many as the resources allow)")
     a("--address", metavar="HOST:PORT", help="join an existing Ray cluster (default: start a local instance; 'auto' finds "
                                               "one started with `ray start` on this machine)")
-    a("--retries", type=_nonneg_int, default=3, metavar="N", help="times Ray retries a run whose worker or process died")
+    a("--retries", type=nonneg_int, default=3, metavar="N", help="times Ray retries a run whose worker or process died")
     a("--plots", action="store_true", help="let every run draw its own plots (default: off; use `metaconstraint plot OUT`)")
     a("--dry-run", action="store_true", help="list the planned runs and their state; start nothing")
     s.set_defaults(func=cli_sweep)

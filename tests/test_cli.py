@@ -15,7 +15,7 @@ import yaml
 
 from metaconstraint import cli
 from metaconstraint.config import ConfigError, dump_yaml, parse_overrides, resolve
-from metaconstraint.training import load_run
+from metaconstraint.rundir import load_run
 from tests.test_training import TINY_SETS, write_tiny_npz
 
 
@@ -330,7 +330,7 @@ def test_a_hostile_export_file_runs_no_code(tmp_path):
     import warnings
 
     from metaconstraint.export import PAYLOAD, load_policy
-    from metaconstraint.training import RunError
+    from metaconstraint.rundir import RunError
 
     marker = tmp_path / "pwned"
 
@@ -356,6 +356,7 @@ def test_a_hostile_export_file_runs_no_code(tmp_path):
 
 def test_export_traces_agents_whose_actor_is_not_the_policy():
     """A Gaussian-style actor returning (mean, log_std): export goes through act() and tracing."""
+    from metaconstraint.algos.base import AgentDefaults
     from metaconstraint.export import ExportedPolicy, _AgentAct, policy_module
 
     class TupleActor(torch.nn.Module):
@@ -367,7 +368,7 @@ def test_export_traces_agents_whose_actor_is_not_the_policy():
             h = self.net(obs)
             return torch.tanh(h[..., :1]), h[..., 1:]
 
-    class Agent:
+    class Agent(AgentDefaults):  # no export module of its own
         def __init__(self):
             torch.manual_seed(0)
             self.actor = TupleActor()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from metaconstraint.config import resolve
-from metaconstraint.training import latest_checkpoint, list_checkpoints, load_checkpoint
+from metaconstraint.rundir import latest_checkpoint, list_checkpoints, load_checkpoint
 from tests.test_training import flat_tensors, metric_rows, run, write_tiny_npz
 
 REPO = Path(__file__).resolve().parents[1]

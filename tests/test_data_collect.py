@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metaconstraint import data
-from metaconstraint.data.behaviour import TD3Config, replay_until, run_dir, train_behaviours
+from metaconstraint.data.collect_td3 import TD3Config, replay_until, run_dir, train_behaviours
 from metaconstraint.data.collect import collect, main, register
 from metaconstraint.data.policies import load_policy
 from tests.test_data_env import ENV_ID, HORIZON, greedy_policy

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from metaconstraint import cli
-from metaconstraint.training import git_commit, tensorboard_tag
+from metaconstraint.metrics import tensorboard_tag
+from metaconstraint.rundir import git_commit
 from tests.test_training import TINY_SETS, write_tiny_npz
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +78,7 @@ def test_tensorboard_gets_grouped_scalars_and_the_config_as_hparams(run_dir):
 
 
 def test_the_untrained_policy_is_evaluated_at_step_0(run_dir):
-    from metaconstraint.training import read_metrics
+    from metaconstraint.rundir import read_metrics
 
     rows = read_metrics(run_dir)
     assert rows[0]["step"] == 0 and "eval_score" in rows[0] and "critic_loss" not in rows[0]

@@ -139,7 +139,7 @@ def test_a_run_written_before_env_id_existed_still_resumes(own_runs, tmp_path, c
     """config.yaml and checkpoints of older versions lack env_id / ref_*: they mean the defaults (None)."""
     import shutil
 
-    from metaconstraint.training import latest_checkpoint, load_checkpoint, save_checkpoint
+    from metaconstraint.rundir import latest_checkpoint, load_checkpoint, save_checkpoint
 
     _, raw, _ = own_runs
     old = tmp_path / "old"

@@ -19,17 +19,17 @@ import torch
 
 from metaconstraint import cli
 from metaconstraint.config import ConfigError, resolve
-from metaconstraint.training import (
+from metaconstraint.rundir import (
     CheckpointError,
     CheckpointNotice,
     RunError,
-    Trainer,
     checkpoint_digest,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
+from metaconstraint.training import Trainer
 from tests.test_cli import main, tiny_train_args
 from tests.test_training import flat_tensors, metric_rows, run, tiny_config, write_tiny_npz
 
@@ -74,7 +74,7 @@ def test_a_locked_run_directory_refuses_a_second_train_and_resume_naming_the_pid
     _, first = run(tiny_config(tiny_npz), run_dir, stop_after=100)
     csv_before = (run_dir / "metrics.csv").read_text()
     holder = _python(  # another process holding the run, as a training process does
-        "import sys, time\nfrom metaconstraint.training import RunLock\n"
+        "import sys, time\nfrom metaconstraint.rundir import RunLock\n"
         f"RunLock({str(run_dir)!r}).acquire(); print('locked', flush=True); time.sleep(120)"
     )
     try:

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from metaconstraint import cli
-from metaconstraint.plotting import group_runs, load_run_data, settings_key, variant_labels
+from metaconstraint.plotting import group_runs, settings_key, variant_labels
+from metaconstraint.rundir import load_run_data
 from metaconstraint.report import report_markdown
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from metaconstraint import cli
 from metaconstraint.data import load
 from metaconstraint.data.builtin import builtin_path
 from metaconstraint.data.envspec import UntrustedEnvSpec, check_env_spec, env_spec_from_json
-from metaconstraint.training import latest_checkpoint, load_checkpoint, save_checkpoint
+from metaconstraint.rundir import latest_checkpoint, load_checkpoint, save_checkpoint
 from tests.test_cli import main, tiny_train_args
 from tests.test_training import write_tiny_npz
 

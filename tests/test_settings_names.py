@@ -20,7 +20,8 @@ from metaconstraint import algos
 from metaconstraint.config import RENAMED_AGENT_SETTINGS, ConfigError, RenamedSettingWarning, resolve
 from metaconstraint.constraint import AdaptiveConstraintConfig, ConstraintSettings
 from metaconstraint.sweep import _check_existing, load_spec, plan
-from metaconstraint.training import Trainer, list_checkpoints, load_checkpoint, save_checkpoint
+from metaconstraint.rundir import list_checkpoints, load_checkpoint, save_checkpoint
+from metaconstraint.training import Trainer
 from tests.test_training import flat_tensors, metric_rows, run, tiny_config, write_tiny_npz
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metaconstraint import toymdp as tm
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "theory"))  # theory/toymdp.py, as theory/check_bound.py imports it
+
+import toymdp as tm  # noqa: E402
 
 
 def _load_check_bound():

@@ -16,16 +16,15 @@ import pytest
 import torch
 
 from metaconstraint.config import resolve
-from metaconstraint.training import (
+from metaconstraint.rundir import (
     CHECKPOINT_FORMAT,
     CheckpointError,
-    Trainer,
-    TrainingDiverged,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
+from metaconstraint.training import Trainer, TrainingDiverged
 from tests.pendulum_data import make_dataset
 
 # Tiny settings every test run uses: 16-wide nets, alpha moving every 2 actor steps.
@@ -207,7 +206,7 @@ def test_crash_during_checkpoint_write_leaves_the_previous_checkpoint_loadable(s
     script = textwrap.dedent(
         f"""
         import io, os, torch
-        from metaconstraint.training import save_checkpoint
+        from metaconstraint.rundir import save_checkpoint
         real_save = torch.save
         def dying_save(obj, f, *a, **k):
             buf = io.BytesIO(); real_save(obj, buf)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from metaconstraint import toymdp as tm
+import toymdp as tm  # theory/toymdp.py, beside this script
 
 GAMMAS = (0.5, 0.8, 0.9, 0.95, 0.99)
 # (action_dim, n_states, grid points per axis)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import optim
 from ..batch import Batch
@@ -14,25 +15,51 @@ from ..batch import Batch
 
 @runtime_checkable
 class Agent(Protocol):
-    """An offline RL agent.
+    """An offline RL agent: everything the trainer, config, export and plotting read of one.
 
     ``update`` does one gradient step (critic every step, actor on its own schedule) and
     returns detached 0-dim tensors keyed by name, so a caller converts to floats only when
     it logs (no device sync per step). ``act`` maps *normalised* observations to actions.
     ``state_dict`` holds everything needed to resume exactly, as tensors, numbers, strings
     and nested dicts/lists of them (loadable with ``torch.load(weights_only=True)``).
+    The class-level members an algorithm may leave out have defaults in :class:`AgentDefaults`.
     """
 
+    name: ClassVar[str]  # the CLI name (``aspc``); checkpoints record it
+    Config: ClassVar[type]  # the settings dataclass (``seed``, learning rates, ...; ``validate()``)
+    metric_names: ClassVar[tuple[str, ...]]  # the keys ``update`` logs: the metrics.csv columns
+    coefficient_name: ClassVar[str]  # the log key of the constraint coefficient (``alpha``, ``beta``)
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]]  # per-dataset settings (published tuning), by dataset key
+    batch_size: ClassVar[int]  # the minibatch size a preset without its own uses
     config: Any
     num_updates: int  # gradient steps done so far
+    actor: nn.Module  # the policy network (export uses it as the policy when it returns what ``act`` does)
+    constraint: Any  # the actor's constraint object; ``constraint.value()`` is the coefficient now
 
     def update(self, batch: Batch) -> dict[str, Tensor]: ...
 
     def act(self, observations: Tensor) -> Tensor: ...
 
+    def export_module(self) -> nn.Module | None:
+        """The policy as a module for ``metaconstraint export`` (normalised observations to actions), or
+        None to let export use ``actor`` or trace ``act``."""
+        ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class AgentDefaults:
+    """The defaults of the :class:`Agent` members an algorithm need not set: no per-dataset presets, the
+    presets' batch size, ``alpha`` as the coefficient's log key, and no export module of its own."""
+
+    coefficient_name: ClassVar[str] = "alpha"
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = MappingProxyType({})
+    batch_size: ClassVar[int] = 256
+
+    def export_module(self) -> nn.Module | None:
+        return None
 
 
 class NonFiniteError(FloatingPointError):

@@ -61,7 +61,7 @@ from ..constraint import FixedCoefficient, FixedConstraint, Terms, adaptive_cons
 from ..nets import Critic, TanhGaussianActor, TwinCritic
 from ..data.reference import ANTMAZE_DATASETS
 from .common import BILEVEL_METRICS, LearnedCoefficient, constraint_step
-from .base import Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
+from .base import AgentDefaults, Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
 
 # the CQL authors' per-domain settings, by domain and by D4RL dataset (the MuJoCo ones are the defaults)
 CQL_PRESETS: dict[str, dict[str, Any]] = {
@@ -122,7 +122,7 @@ class CQLSamples(NamedTuple):
     y: Tensor  # (B,) TD target
 
 
-class CQL(Checkpointed):
+class CQL(AgentDefaults, Checkpointed):
     """CQL(H) with a fixed alpha_cql (optionally the Lagrangian variant)."""
 
     name = "cql"

@@ -24,7 +24,7 @@ from .. import optim
 from ..batch import Batch
 from ..constraint import FixedCoefficient, FixedConstraint, Terms
 from ..nets import Actor, TwinCritic, make_critic
-from .base import Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
+from .base import AgentDefaults, Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
 
 
 @dataclass
@@ -58,7 +58,7 @@ class TD3BCConfig:
         self.actor_hidden = tuple(int(h) for h in self.actor_hidden)
 
 
-class TD3BC(Checkpointed):
+class TD3BC(AgentDefaults, Checkpointed):
     """TD3+BC with a fixed alpha. Subclasses change the actor's constraint object."""
 
     name = "td3bc"
@@ -66,7 +66,6 @@ class TD3BC(Checkpointed):
     functional_opt_states = {"actor_opt_state": ("actor_opt", "actor")}
     Config = TD3BCConfig
     metric_names: tuple[str, ...] = ("critic_loss", "actor_loss", "bc_loss", "q_mean", "alpha")
-    coefficient_name = "alpha"  # the log key of the constraint coefficient
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """``metaconstraint collect``: write Minari datasets of graded quality for any Gymnasium env.
 
 Behaviours: ``random``; ``policy`` (a saved checkpoint, ``--policy``); and, from the built-in
-online TD3 trainer (:mod:`metaconstraint.data.behaviour`), ``expert``, ``medium``,
+online TD3 trainer (:mod:`metaconstraint.data.collect_td3`), ``expert``, ``medium``,
 ``medium-replay`` (the trainer's replay buffer up to the medium point) and ``medium-expert``
 (medium then expert episodes: exactly the medium and expert datasets of the same seed, joined).
 Every dataset is written by ``minari.DataCollector`` (through :class:`metaconstraint.data.Collector`,
@@ -44,7 +44,8 @@ from typing import Any, Iterator, Sequence
 import gymnasium as gym
 import numpy as np
 
-from .behaviour import TD3Config, behaviour_policy, random_return, replay_until, rollout_returns, run_dir, train_behaviours
+from ..cliargs import HelpFormatter
+from .collect_td3 import TD3Config, behaviour_policy, random_return, replay_until, rollout_returns, run_dir, train_behaviours
 from .minari_compat import Collector, compact_hdf5
 from .policies import Policy, RandomPolicy, load_policy
 
@@ -486,17 +487,11 @@ def _collect_from_args(args: argparse.Namespace, b: str, td3: TD3Config, measure
     )
 
 
-def _help_formatter() -> type:
-    from ..cli import HelpFormatter  # "(default: X)" only where the help does not say it already
-
-    return HelpFormatter
-
-
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``collect`` sub-command to a CLI's ``add_subparsers()`` object (sets ``func=run``)."""
     p = subparsers.add_parser(
         "collect", help="write a Minari dataset (random / policy / TD3 expert, medium, medium-replay, medium-expert)",
-        description=__doc__.split("\n\n")[0], formatter_class=_help_formatter(),
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(func=run)

@@ -131,7 +131,7 @@ def load_policy(spec: str | Path) -> Policy:
     from ..export import is_exported_policy, load_policy as load_exported
 
     if is_exported_policy(path):  # written by `metaconstraint export`: rebuilt from its plain data, no code runs
-        from ..training import RunError
+        from ..rundir import RunError
 
         try:
             return load_exported(path)

@@ -2,7 +2,7 @@
 
 The statements, constants and proofs are in ``theory/README.md``; this module holds the
 pieces that compute every quantity in them exactly, so that ``theory/check_bound.py`` and
-the tests can check the bound and the training code can reuse the toy problems.
+the tests can check the bound.
 
 Two families, both "tabular MDP whose actions are points of R^k":
 

@@ -1,4 +1,4 @@
-"""Online TD3 that produces behaviour policies of graded quality (the D4RL recipe).
+"""How ``collect`` makes its TD3 behaviours: online TD3 giving policies of graded quality (the D4RL recipe).
 
 One training run gives every behaviour an env's dataset suite needs:
 
@@ -32,6 +32,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ..algos.base import soft_update
 from ..nets import Actor, Critic
 from .policies import ActorPolicy, Policy, RandomPolicy, from_unit_box, load_policy, save_policy, to_unit_box
 
@@ -190,10 +191,8 @@ class TD3Trainer:
             actor_loss.backward()
             self.actor_opt.step()
             self.q1.requires_grad_(True)
-            with torch.no_grad():
-                for net, tgt in ((self.actor, self.actor_t), (self.q1, self.q1_t), (self.q2, self.q2_t)):
-                    p, pt = list(net.parameters()), list(tgt.parameters())
-                    torch._foreach_lerp_(pt, p, cfg.tau)
+            for net, tgt in ((self.actor, self.actor_t), (self.q1, self.q1_t), (self.q2, self.q2_t)):
+                soft_update(tgt, net, cfg.tau)
 
     def _evaluate(self, actor_state: dict[str, torch.Tensor], episodes: int, seed: int) -> float:
         return float(rollout_returns(self.env_id, self.policy(actor_state), episodes, seed).mean())
