@@ -1003,6 +1003,7 @@ class Trainer:
                 step = self.step + 1
                 try:
                     logs = agent.update(batch)
+                    agent.check_finite()
                 except FloatingPointError as err:
                     self.step = step
                     name, value, detail = _parse_agent_error(str(err))

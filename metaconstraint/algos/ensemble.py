@@ -9,8 +9,9 @@ order a separate run draws them, so seed ``i`` follows the trajectory its own ru
 (tested to 1e-10 in float64 after 200 updates).
 
 Nothing in an update reads a value back to the host: logs come back as ``(N,)`` tensors, and
-non-finite losses are accumulated on the device and raised by :meth:`check_finite`, which the
-caller runs at its log points. :meth:`sync_to_agents` writes the stacked state back into the
+non-finite losses and hypergradients are recorded on the device by the agents' own
+:class:`~metaconstraint.algos.base.FiniteGuard` (one record per seed) and raised by
+:meth:`check_finite`, which the caller runs at its log points. :meth:`sync_to_agents` writes the stacked state back into the
 per-seed agents (``ensemble.agents[i]``) for evaluation, checkpoints and export;
 :meth:`load_from_agents` stacks them again after loading checkpoints into them.
 """
@@ -29,6 +30,7 @@ from .. import hypergrad, optim
 from ..hypergrad import _Carry  # tensors through a torch.func transform, other leaves beside it
 from ..batch import Batch
 from ..constraint import first_order_step
+from .base import FiniteGuard, record_constraint_step
 
 SUPPORTED = ("td3bc", "aspc")
 
@@ -126,7 +128,7 @@ class SeedEnsemble:
         if self.adaptive:
             self.state["coef"] = _stack([a.constraint.state for a in agents])
             self.inner_steps = agents[0].constraint.inner_steps
-        self._nonfinite = torch.zeros(len(agents), dtype=torch.bool, device=self.device)
+        self.finite_guard = FiniteGuard(self.device, members=(len(agents),))
 
     def _functional_critic_opt_state(self, agent: Any) -> Any:
         params = dict(agent.critic.named_parameters())
@@ -180,20 +182,19 @@ class SeedEnsemble:
         self.state, logs = vmap_tree(
             lambda state, b, n: self._update_one(state, b, n, actor_step, coef_step), self.state, batch, noise
         )
-        bad = ~torch.isfinite(logs["critic_loss"])
+        self.finite_guard.record("critic loss", logs["critic_loss"])
         if "actor_loss" in logs:
-            bad = bad | ~torch.isfinite(logs["actor_loss"])
-        self._nonfinite = self._nonfinite | bad
+            record_constraint_step(
+                self.finite_guard, "actor loss", {"loss": logs["actor_loss"], **logs}, self.coefficient_name
+            )
+        self.finite_guard.commit(batch)
         return logs
 
     def check_finite(self) -> None:
-        """Raise if any seed's losses became NaN/Inf since the start (one host sync; call at log points)."""
-        if bool(self._nonfinite.any()):
-            bad = [s for s, b in zip(self.seeds, self._nonfinite.tolist()) if b]
-            raise FloatingPointError(
-                f"seed(s) {bad}: a loss became NaN/Inf by update {self.num_updates} (checked at a log point); "
-                "the networks diverged or the data has non-finite entries"
-            )
+        """Raise :class:`~metaconstraint.algos.base.NonFiniteError` for the earliest NaN/Inf loss or
+        hypergradient of any seed since the last call, naming the seeds that had one (one host read;
+        call at log points)."""
+        self.finite_guard.check(self.num_updates, labels=self.seeds)
 
     def _update_one(self, state: dict[str, Any], batch: Batch, noise: Tensor, actor_step: bool, coef_step: bool):
         """TD3+BC's update (critic, then actor and targets every ``policy_freq``) for one seed, pure."""
