@@ -69,11 +69,14 @@ class FiniteGuard:
     non-finite in that update. :meth:`check` reads that with one host transfer and raises
     :class:`NonFiniteError`. ``members``: a leading shape of independent members (several seeds
     in one process record ``(N,)`` values and batches stacked on a leading dimension).
+    ``quantities``: names known in advance (a captured update must not grow the list).
     """
 
-    def __init__(self, device: torch.device | str = "cpu", members: tuple[int, ...] = ()):
+    def __init__(
+        self, device: torch.device | str = "cpu", members: tuple[int, ...] = (), quantities: Sequence[str] = ()
+    ):
         self.device, self.members = torch.device(device), tuple(members)
-        self.quantities: list[str] = []  # index -> name, in order of first record
+        self.quantities: list[str] = list(quantities)  # index -> name; new names are appended
         self._pending: list[tuple[int, Tensor]] = []
         self._field_weights = 2.0 ** torch.arange(len(Batch._fields), device=self.device, dtype=torch.float64)
         self.reset()
