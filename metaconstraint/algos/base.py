@@ -104,7 +104,8 @@ class FiniteGuard:
             for index, v in reversed(pending):  # the update's first non-finite quantity wins
                 v = v.to(torch.float64).expand(self.members)
                 bad_v = ~torch.isfinite(v)
-                quantity, value, bad = torch.where(bad_v, float(index), quantity), torch.where(bad_v, v, value), bad | bad_v
+                quantity, value = torch.where(bad_v, float(index), quantity), torch.where(bad_v, v, value)
+                bad = bad | bad_v
             event = torch.stack([count, count, quantity, value, self._field_bits(batch)], dim=-1)
             new = bad & (state[..., 1] == 0)  # and no earlier event since the last check
             state = torch.where(new.unsqueeze(-1), event, state)

@@ -10,7 +10,8 @@ TD3+BC or ASPC agent the same engine (an ensemble of one).
 
 Optimizer step counts are Python ints in eager mode; a compiled function would specialise on
 them and recompile every step, so the captured state keeps them as tensors of the parameters'
-dtype (exact up to 2**24 steps in float32; :func:`counts_as_tensors`) and turns them back into ints for checkpoints (:func:`counts_as_ints`).
+dtype (exact up to 2**24 steps in float32; :func:`counts_as_tensors`) and turns them back into
+ints for checkpoints (:func:`counts_as_ints`).
 """
 
 from __future__ import annotations

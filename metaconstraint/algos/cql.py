@@ -66,14 +66,7 @@ from .common import (
     adaptive_constraint_from,
     constraint_step,
 )
-from .base import (
-    Checkpointed,
-    FiniteChecked,
-    init_agent,
-    named_constraint_logs,
-    record_constraint_step,
-    soft_update,
-)
+from .base import Checkpointed, FiniteChecked, init_agent, named_constraint_logs, record_constraint_step, soft_update
 
 # the CQL authors' per-domain settings, by domain and by D4RL dataset (the MuJoCo ones are the defaults)
 CQL_PRESETS: dict[str, dict[str, Any]] = {

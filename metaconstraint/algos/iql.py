@@ -51,14 +51,7 @@ from .common import (
     adaptive_constraint_from,
     constraint_step,
 )
-from .base import (
-    Checkpointed,
-    FiniteChecked,
-    init_agent,
-    named_constraint_logs,
-    record_constraint_step,
-    soft_update,
-)
+from .base import Checkpointed, FiniteChecked, init_agent, named_constraint_logs, record_constraint_step, soft_update
 
 POLICIES = ("gaussian", "deterministic")
 

@@ -24,14 +24,7 @@ from .. import optim
 from ..batch import Batch
 from ..constraint import FixedCoefficient, FixedConstraint, Terms
 from ..nets import Actor, TwinCritic, make_critic
-from .base import (
-    Checkpointed,
-    FiniteChecked,
-    init_agent,
-    named_constraint_logs,
-    record_constraint_step,
-    soft_update,
-)
+from .base import Checkpointed, FiniteChecked, init_agent, named_constraint_logs, record_constraint_step, soft_update
 
 
 @dataclass
