@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import algos
-from .algos.base import NonFiniteError
+from .algos.base import FiniteGuard, NonFiniteError
 from .batch import Batch
 from .config import ConfigError, RunConfig, coefficient_name, dataset_key, dump_yaml, load_yaml, run_config_from_dict
 from .data import ObsNormalizer, Transitions, load
@@ -192,6 +192,7 @@ class Trainer:
         self.normalizer: ObsNormalizer | None = None
         self.sampler: Sampler | None = None
         self.agent: algos.Agent | None = None
+        self.log_guard: FiniteGuard | None = None
         self.env: RunEnv | None = None
         self.load_s = 0.0
         self.dataset_return: float | None = None
@@ -269,6 +270,7 @@ class Trainer:
         self.agent = algos.make(
             c.algo, data.obs_dim, data.act_dim, data.max_action, device=self.device, config=dataclasses.replace(c.agent)
         )
+        self.log_guard = FiniteGuard(self.device, quantities=self.agent.metric_names)  # NaN/Inf among the logs
         self.env = RunEnv.of(data)
         self.load_s = time.perf_counter() - t0
         returns = data.episode_returns()
@@ -477,23 +479,36 @@ class Trainer:
         """This run's next minibatch."""
         return self.sampler.sample()
 
+    def due(self, step: int) -> tuple[bool, bool, bool]:
+        """What :meth:`after_update` does at ``step``: (write a row, evaluate, checkpoint). A driver that
+        updates agents outside the trainer brings them up to date before such a step."""
+        c = self.config
+        evaluate = step == c.steps or (c.eval_every > 0 and step % c.eval_every == 0)
+        row = evaluate or step % c.log_every == 0 or step == self.end
+        checkpoint = (c.checkpoint_every > 0 and step % c.checkpoint_every == 0) or self.stop_signal is not None
+        return row, evaluate, checkpoint or step == self.end
+
     def after_update(self, logs: dict[str, torch.Tensor]) -> bool:
         """Count the update whose ``logs`` are given, write the step's row (and evaluation) and checkpoint
-        when due; True when the run must stop here (a signal came)."""
-        c = self.config
+        when due; True when the run must stop here (a signal came). Nothing is read back from the device
+        between rows: a NaN/Inf is found at the next row or checkpoint (:meth:`check_finite`), which
+        names the update it happened in, and no checkpoint is written after it."""
         step = self.step = self.step + 1
-        self._guard(logs, step)
+        for name, value in logs.items():
+            self.log_guard.record(name, value)
+        self.log_guard.commit()
         self.record.means.add(logs)
         self.bar.update(1)
         self._tick()
-        is_eval = step == c.steps or (c.eval_every > 0 and step % c.eval_every == 0)
-        if is_eval or step % c.log_every == 0 or step == self.end:
-            if self._write_row(step, evaluate=is_eval):
+        row, evaluate, checkpoint = self.due(step)
+        if row or checkpoint:
+            self.check_finite()
+        if row:
+            if self._write_row(step, evaluate=evaluate):
                 self.status = "interrupted"  # the signal came during the evaluation: checkpoint written
                 return True
             self._tick()
-        due = c.checkpoint_every > 0 and step % c.checkpoint_every == 0
-        if due or self.stop_signal is not None or step == self.end:
+        if checkpoint:
             self.save()
         if self.stop_signal is not None:
             self.status = "interrupted"
@@ -511,26 +526,23 @@ class Trainer:
         return True
 
     # -------------------------------------------------------------- per step
-    def _guard(self, logs: dict[str, torch.Tensor], step: int) -> None:
-        """Stop at the first NaN/Inf logged quantity (one check per step, no float conversions)."""
-        if not logs:
-            return
-        values = list(logs.values())
-        if bool(torch.isfinite(torch.stack([v.detach().reshape(()).float() for v in values])).all()):
-            return
-        for name, v in logs.items():
-            if not bool(torch.isfinite(v).all()):
-                raise self._diverged(name, step, float(v))
+    def check_finite(self) -> None:
+        """Stop at the first NaN/Inf since the last check: a loss or hypergradient the agent recorded, or a
+        logged quantity (both kept on the device with the update they happened in). One host read each."""
+        try:
+            self.agent.check_finite()
+            self.log_guard.check(self.step)
+        except NonFiniteError as err:
+            raise self.diverged_in_update(err) from err
 
     def diverged_in_update(self, err: FloatingPointError) -> TrainingDiverged:
-        """The error for an update that refused a NaN/Inf: the agent's :class:`NonFiniteError` names the
-        quantity, its value and the batch fields that were not finite; any other component's refusal
-        (the coefficient's hypergradient, ...) is reported with its own message."""
-        self.step += 1
+        """The error for a NaN/Inf an agent refused or recorded: :class:`NonFiniteError` names the quantity,
+        its value, the update and the batch fields that were not finite; any other component's refusal
+        is reported with its own message at the current step."""
         if isinstance(err, NonFiniteError):
             detail = (f"non-finite batch fields: {', '.join(err.bad_fields)}" if err.bad_fields
                       else "the batch is finite: the networks diverged")
-            return self._diverged(err.quantity, self.step, err.value, detail)
+            return self._diverged(err.quantity, err.step, err.value, detail)
         return self._diverged("a value", self.step, math.nan, str(err))
 
     def _diverged(self, name: str, step: int, value: float, detail: str | None = None) -> TrainingDiverged:

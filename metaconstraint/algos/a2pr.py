@@ -34,7 +34,6 @@ from torch.func import functional_call
 from ..batch import Batch
 from ..constraint import Terms
 from ..nets import VAE, ValueNet
-from .base import check_finite
 from .td3bc import TD3BC, TD3BCConfig
 
 # settings from the A2PR authors' public run commands (alpha, eta, VAE weight, discount)
@@ -103,7 +102,7 @@ class A2PR(TD3BC):
             v_target = torch.min(y, y_online)
         v = self.value(obs)
         value_loss = F.mse_loss(v, v_target)
-        check_finite("value loss", value_loss, self.num_updates, batch)
+        self.finite_guard.record("value loss", value_loss)
         self.value_opt.zero_grad(set_to_none=True)
         value_loss.backward()
         self.value_opt.step()
@@ -114,7 +113,7 @@ class A2PR(TD3BC):
         recon_loss = (c.vae_weight * w.unsqueeze(1) * (recon - act).pow(2)).mean()
         kl_loss = -0.5 * (1.0 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean()
         vae_loss = recon_loss + 0.5 * kl_loss
-        check_finite("VAE loss", vae_loss, self.num_updates, batch)
+        self.finite_guard.record("VAE loss", vae_loss)
         self.vae_opt.zero_grad(set_to_none=True)
         vae_loss.backward()
         self.vae_opt.step()

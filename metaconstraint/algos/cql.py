@@ -61,7 +61,15 @@ from ..constraint import FixedCoefficient, FixedConstraint, Terms, adaptive_cons
 from ..nets import Critic, TanhGaussianActor, TwinCritic
 from ..data.reference import ANTMAZE_DATASETS
 from .common import BILEVEL_METRICS, LearnedCoefficient, constraint_step
-from .base import AgentDefaults, Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
+from .base import (
+    AgentDefaults,
+    Checkpointed,
+    FiniteChecked,
+    init_agent,
+    named_constraint_logs,
+    record_constraint_step,
+    soft_update,
+)
 
 # the CQL authors' per-domain settings, by domain and by D4RL dataset (the MuJoCo ones are the defaults)
 CQL_PRESETS: dict[str, dict[str, Any]] = {
@@ -122,7 +130,7 @@ class CQLSamples(NamedTuple):
     y: Tensor  # (B,) TD target
 
 
-class CQL(AgentDefaults, Checkpointed):
+class CQL(AgentDefaults, Checkpointed, FiniteChecked):
     """CQL(H) with a fixed alpha_cql (optionally the Lagrangian variant)."""
 
     name = "cql"
@@ -180,6 +188,7 @@ class CQL(AgentDefaults, Checkpointed):
         logs = self._actor_step(batch)
         logs.update(self._critic_step(batch))
         soft_update(self.critic_target, self.critic, self.config.tau)
+        self.finite_guard.commit(batch)
         return logs
 
     def entropy_alpha(self) -> Tensor:
@@ -200,7 +209,7 @@ class CQL(AgentDefaults, Checkpointed):
         frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
         q = torch.min(*functional_call(self.critic, frozen, (obs, actions)))
         loss = (alpha_ent * log_pi - q).mean()
-        check_finite("actor loss", loss, self.num_updates, batch)
+        self.finite_guard.record("actor loss", loss)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
@@ -258,7 +267,7 @@ class CQL(AgentDefaults, Checkpointed):
         self.critic_opt_state, logs = constraint_step(
             self.constraint, objective, self.critic, self.critic_opt, self.critic_opt_state
         )
-        check_finite("critic loss", logs["loss"], self.num_updates, batch)
+        record_constraint_step(self.finite_guard, "critic loss", logs, self.coefficient_name)
         gap_means = torch.stack([logs.pop("gap_mean_1"), logs.pop("gap_mean_2")])
         out = named_constraint_logs(logs, "critic_loss", "q_mean", "cql_gap", self.coefficient_name)
         out["alpha_prime"] = self.alpha_prime() if c.lagrange else torch.zeros((), device=self.device, dtype=self.dtype)

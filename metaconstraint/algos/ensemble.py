@@ -9,14 +9,18 @@ order a separate run draws them, so seed ``i`` follows the trajectory its own ru
 (tested to 1e-10 in float64 after 200 updates).
 
 Nothing in an update reads a value back to the host: logs come back as ``(N,)`` tensors, and
-non-finite losses are accumulated on the device and raised by :meth:`check_finite`, which the
-caller runs at its log points. :meth:`sync_to_agents` writes the stacked state back into the
+non-finite losses and hypergradients are recorded on the device by the agents' own
+:class:`~metaconstraint.algos.base.FiniteGuard` (one record per seed) and raised by
+:meth:`check_finite`, which the caller runs at its log points. ``compile=True`` captures each
+kind of update whole with :func:`~metaconstraint.algos.capture.capture` (torch.compile; CUDA
+graphs on a GPU). :meth:`sync_to_agents` writes the stacked state back into the
 per-seed agents (``ensemble.agents[i]``) for evaluation, checkpoints and export;
 :meth:`load_from_agents` stacks them again after loading checkpoints into them.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import torch
@@ -29,6 +33,8 @@ from .. import hypergrad, optim
 from ..hypergrad import _Carry  # tensors through a torch.func transform, other leaves beside it
 from ..batch import Batch
 from ..constraint import first_order_step
+from .base import FiniteGuard, record_constraint_step
+from .capture import capture, counts_as_ints, counts_as_tensors
 
 SUPPORTED = ("td3bc", "aspc")
 
@@ -83,24 +89,40 @@ class SeedEnsemble:
         max_action: float = 1.0,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        compile: bool = False,
         **overrides: Any,
     ):
         from . import make
 
+        seeds = [int(s) for s in seeds]
         if name not in SUPPORTED:
             raise ValueError(f"several seeds in one process exist for {', '.join(SUPPORTED)}, not '{name}'")
-        seeds = [int(s) for s in seeds]
-        if not seeds or len(set(seeds)) != len(seeds):
+        agents = [make(name, obs_dim, act_dim, max_action, device=device, dtype=dtype, seed=s, **overrides) for s in seeds]
+        self._setup(agents, compile)
+
+    @classmethod
+    def from_agents(cls, agents: Sequence[Any], compile: bool = False) -> "SeedEnsemble":
+        """An ensemble over existing agents of one algorithm and settings (their current state is stacked)."""
+        ensemble = cls.__new__(cls)
+        ensemble._setup(list(agents), compile)
+        return ensemble
+
+    def _setup(self, agents: list[Any], compile: bool) -> None:
+        """``compile``: capture every update with :func:`~metaconstraint.algos.capture.capture`."""
+        seeds = [a.config.seed for a in agents]
+        if not agents or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
-        if overrides.get("outer_batch", "same") != "same":
+        first = agents[0]
+        if first.name not in SUPPORTED or any(a.name != first.name for a in agents):
+            raise ValueError(f"several seeds in one process exist for {', '.join(SUPPORTED)}, one algorithm at a time")
+        if getattr(first.config, "outer_batch", "same") != "same":
             raise ValueError("outer_batch='fresh' is not available with several seeds in one process")
-        self.name, self.seeds = name, seeds
-        self.agents = [make(name, obs_dim, act_dim, max_action, device=device, dtype=dtype, seed=s, **overrides) for s in seeds]
-        first = self.agents[0]
-        self.config, self.device, self.dtype, self.max_action = first.config, first.device, dtype, first.max_action
+        self.name, self.seeds, self.agents, self.compiled = first.name, seeds, agents, compile
+        self.config, self.device, self.dtype, self.max_action = first.config, first.device, first.dtype, first.max_action
         self.coefficient_name = first.coefficient_name
         # torch.optim.Adam's update as a pure function (eps inside the root off, as torch has it)
         self.critic_opt = optim.adam(lr=self.config.critic_lr, eps_root=0.0)
+        self._steps: dict[tuple[bool, bool], Callable[..., Any]] = {}  # one (captured) update per kind
         self.load_from_agents()
 
     # -- stacking ---------------------------------------------------------------------------------
@@ -126,7 +148,10 @@ class SeedEnsemble:
         if self.adaptive:
             self.state["coef"] = _stack([a.constraint.state for a in agents])
             self.inner_steps = agents[0].constraint.inner_steps
-        self._nonfinite = torch.zeros(len(agents), dtype=torch.bool, device=self.device)
+        if self.compiled:
+            self.state, self._count_positions = counts_as_tensors(self.state, len(agents), self.device, self.dtype)
+        quantities = ("critic loss", "actor loss", f"{self.coefficient_name} hypergradient")
+        self.finite_guard = FiniteGuard(self.device, members=(len(agents),), quantities=quantities)
 
     def _functional_critic_opt_state(self, agent: Any) -> Any:
         params = dict(agent.critic.named_parameters())
@@ -141,20 +166,21 @@ class SeedEnsemble:
 
     def sync_to_agents(self) -> None:
         """Write the stacked state into ``self.agents`` (for evaluation, checkpoints, export)."""
+        state = counts_as_ints(self.state, self._count_positions) if self.compiled else self.state
         for i, agent in enumerate(self.agents):
             with torch.no_grad():
                 for part in ("actor", "actor_target", "critic", "critic_target"):
                     for k, p in getattr(agent, part).named_parameters():
-                        p.copy_(self.state[part][k][i])
-            agent.actor_opt_state = _member(self.state["actor_opt"], i)
-            adam = _member(self.state["critic_opt"], i)[1]
+                        p.copy_(state[part][k][i])
+            agent.actor_opt_state = _member(state["actor_opt"], i)
+            adam = _member(state["critic_opt"], i)[1]
             if adam["count"] > 0:
                 step = torch.tensor(float(adam["count"]), dtype=_scalar_dtype())
                 for k, p in agent.critic.named_parameters():
                     agent.critic_opt.state[p] = {"step": step.clone(), "exp_avg": adam["mu"][k].clone(),
                                                  "exp_avg_sq": adam["nu"][k].clone()}  # fmt: skip
             if self.adaptive:
-                coef = _member(self.state["coef"], i)
+                coef = _member(state["coef"], i)
                 agent.constraint.coefficient.load_rho_and_state(coef.rho, coef.opt_state)
                 agent.constraint.memory = {k: v.clone() for k, v in coef.memory.items()}
                 agent.constraint.inner_steps = self.inner_steps
@@ -177,23 +203,29 @@ class SeedEnsemble:
             coef_step = (self.inner_steps + 1) % self.agents[0].constraint.config.every == 0
             self.inner_steps += 1
         batch = Batch(*(torch.stack(column) for column in zip(*batches)))
-        self.state, logs = vmap_tree(
-            lambda state, b, n: self._update_one(state, b, n, actor_step, coef_step), self.state, batch, noise
-        )
-        bad = ~torch.isfinite(logs["critic_loss"])
-        if "actor_loss" in logs:
-            bad = bad | ~torch.isfinite(logs["actor_loss"])
-        self._nonfinite = self._nonfinite | bad
+        kind = (actor_step, coef_step)
+        if kind not in self._steps:
+            step = functools.partial(self._update_all, actor_step=actor_step, coef_step=coef_step)
+            self._steps[kind] = capture(step, self.device) if self.compiled else step
+        self.state, logs = self._steps[kind](self.state, batch, noise)
         return logs
 
-    def check_finite(self) -> None:
-        """Raise if any seed's losses became NaN/Inf since the start (one host sync; call at log points)."""
-        if bool(self._nonfinite.any()):
-            bad = [s for s, b in zip(self.seeds, self._nonfinite.tolist()) if b]
-            raise FloatingPointError(
-                f"seed(s) {bad}: a loss became NaN/Inf by update {self.num_updates} (checked at a log point); "
-                "the networks diverged or the data has non-finite entries"
+    def _update_all(self, state: dict[str, Any], batch: Batch, noise: Tensor, actor_step: bool, coef_step: bool):
+        """Every seed's update (one ``vmap``) and the record of its non-finite values, pure but for the record."""
+        state, logs = vmap_tree(lambda s, b, n: self._update_one(s, b, n, actor_step, coef_step), state, batch, noise)
+        self.finite_guard.record("critic loss", logs["critic_loss"])
+        if "actor_loss" in logs:
+            record_constraint_step(
+                self.finite_guard, "actor loss", {"loss": logs["actor_loss"], **logs}, self.coefficient_name
             )
+        self.finite_guard.commit(batch)
+        return state, logs
+
+    def check_finite(self) -> None:
+        """Raise :class:`~metaconstraint.algos.base.NonFiniteError` for the earliest NaN/Inf loss or
+        hypergradient of any seed since the last call, naming the seeds that had one (one host read;
+        call at log points)."""
+        self.finite_guard.check(self.num_updates, labels=self.seeds)
 
     def _update_one(self, state: dict[str, Any], batch: Batch, noise: Tensor, actor_step: bool, coef_step: bool):
         """TD3+BC's update (critic, then actor and targets every ``policy_freq``) for one seed, pure."""

@@ -46,7 +46,15 @@ from ..constraint import FixedCoefficient, FixedConstraint, Terms, adaptive_cons
 from ..nets import Actor, Critic, GaussianActor, TwinCritic, ValueNet, gaussian_log_prob
 from ..data.reference import ANTMAZE_DATASETS
 from .common import BILEVEL_METRICS, LearnedCoefficient, constraint_step
-from .base import AgentDefaults, Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
+from .base import (
+    AgentDefaults,
+    Checkpointed,
+    FiniteChecked,
+    init_agent,
+    named_constraint_logs,
+    record_constraint_step,
+    soft_update,
+)
 
 POLICIES = ("gaussian", "deterministic")
 
@@ -110,7 +118,7 @@ def cosine_decay(lr: float, steps: int):
     return schedule
 
 
-class IQL(AgentDefaults, Checkpointed):
+class IQL(AgentDefaults, Checkpointed, FiniteChecked):
     """Implicit Q-learning with a fixed temperature beta."""
 
     name = "iql"
@@ -163,6 +171,7 @@ class IQL(AgentDefaults, Checkpointed):
         logs.update(self._actor_step(batch))
         logs.update(self._critic_step(batch))
         soft_update(self.critic_target, self.critic, self.config.tau)
+        self.finite_guard.commit(batch)
         return logs
 
     def _value_step(self, batch: Batch) -> dict[str, Tensor]:
@@ -170,7 +179,7 @@ class IQL(AgentDefaults, Checkpointed):
             q = torch.min(*self.critic_target(batch.observations, batch.actions))
         u = q - self.value(batch.observations)
         loss = ((self.config.expectile - (u < 0).to(u.dtype)).abs() * u.pow(2)).mean()
-        check_finite("value loss", loss, self.num_updates, batch)
+        self.finite_guard.record("value loss", loss)
         self.value_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.value_opt.step()
@@ -181,7 +190,7 @@ class IQL(AgentDefaults, Checkpointed):
             y = batch.rewards + self.config.discount * (1.0 - batch.terminals) * self.value(batch.next_observations)
         q1, q2 = self.critic(batch.observations, batch.actions)
         loss = 0.5 * ((y - q1).pow(2).mean() + (y - q2).pow(2).mean())
-        check_finite("critic loss", loss, self.num_updates, batch)
+        self.finite_guard.record("critic loss", loss)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_opt.step()
@@ -220,7 +229,7 @@ class IQL(AgentDefaults, Checkpointed):
         self.actor_opt_state, logs = constraint_step(
             self.constraint, self.actor_objective(batch), self.actor, self.actor_opt, self.actor_opt_state
         )
-        check_finite("actor loss", logs["loss"], self.num_updates, batch)
+        record_constraint_step(self.finite_guard, "actor loss", logs, self.coefficient_name)
         return named_constraint_logs(logs, "actor_loss", "q_mean", "bc_loss", self.coefficient_name)
 
     # -- acting and checkpoints -----------------------------------------------------------

@@ -24,7 +24,15 @@ from .. import optim
 from ..batch import Batch
 from ..constraint import FixedCoefficient, FixedConstraint, Terms
 from ..nets import Actor, TwinCritic, make_critic
-from .base import AgentDefaults, Checkpointed, check_finite, init_agent, named_constraint_logs, soft_update
+from .base import (
+    AgentDefaults,
+    Checkpointed,
+    FiniteChecked,
+    init_agent,
+    named_constraint_logs,
+    record_constraint_step,
+    soft_update,
+)
 
 
 @dataclass
@@ -58,7 +66,7 @@ class TD3BCConfig:
         self.actor_hidden = tuple(int(h) for h in self.actor_hidden)
 
 
-class TD3BC(AgentDefaults, Checkpointed):
+class TD3BC(AgentDefaults, Checkpointed, FiniteChecked):
     """TD3+BC with a fixed alpha. Subclasses change the actor's constraint object."""
 
     name = "td3bc"
@@ -111,6 +119,7 @@ class TD3BC(AgentDefaults, Checkpointed):
             logs.update(self._actor_step(batch))
             soft_update(self.critic_target, self.critic, self.config.tau)
             soft_update(self.actor_target, self.actor, self.config.tau)
+        self.finite_guard.commit(batch)
         return logs
 
     def _critic_step(self, batch: Batch) -> dict[str, Tensor]:
@@ -136,7 +145,7 @@ class TD3BC(AgentDefaults, Checkpointed):
         """One Adam step on ``sum_j MSE(Q_j(s, a), y)``."""
         q1, q2 = self.critic(batch.observations, batch.actions)
         loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-        check_finite("critic loss", loss, self.num_updates, batch)
+        self.finite_guard.record("critic loss", loss)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_opt.step()
@@ -179,7 +188,7 @@ class TD3BC(AgentDefaults, Checkpointed):
             for k, p in params.items():
                 p.copy_(result.params[k])
         self.actor_opt_state = result.opt_state
-        check_finite("actor loss", result.logs["loss"], self.num_updates, batch)
+        record_constraint_step(self.finite_guard, "actor loss", result.logs, self.coefficient_name)
         return named_constraint_logs(result.logs, "actor_loss", "q_mean", "bc_loss", self.coefficient_name)
 
     # -- acting and checkpoints -----------------------------------------------------------

@@ -24,7 +24,6 @@ from torch.func import functional_call
 from ..batch import Batch
 from ..constraint import Terms
 from ..nets import ValueNet
-from .base import check_finite
 from .td3bc import TD3BC, TD3BCConfig
 
 
@@ -58,7 +57,7 @@ class WPC(TD3BC):
             y = self._td_target(batch, self._smoothed_next_actions(batch))
         logs = self._fit_critic(batch, y)
         value_loss = F.mse_loss(self.value(batch.observations), y)
-        check_finite("value loss", value_loss, self.num_updates, batch)
+        self.finite_guard.record("value loss", value_loss)
         self.value_opt.zero_grad(set_to_none=True)
         value_loss.backward()
         self.value_opt.step()

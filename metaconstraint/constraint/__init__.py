@@ -29,7 +29,7 @@ from .bilevel import (
     parse_terms,
     terms_logs,
 )
-from .coefficient import AdaptiveCoefficient, FixedCoefficient, check_hypergradient, inverse_softplus
+from .coefficient import AdaptiveCoefficient, FixedCoefficient, inverse_softplus
 
 __all__ = [
     "ASPCOuter",
@@ -39,7 +39,6 @@ __all__ = [
     "METHODS",
     "OuterObjective",
     "OuterValue",
-    "check_hypergradient",
     "terms_logs",
     "AdaptiveCoefficient",
     "AdaptiveConstraint",

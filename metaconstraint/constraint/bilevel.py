@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import hypergrad, optim
-from .coefficient import AdaptiveCoefficient, FixedCoefficient, check_hypergradient
+from .coefficient import AdaptiveCoefficient, FixedCoefficient
 
 OUTER_TERMS = ("L1", "L2", "L3")
 TERM_SETS = ("L1", "L1+L2", "L1+L3", "L1+L2+L3")
@@ -336,7 +336,6 @@ class AdaptiveConstraint:
             result.logs["coef"] = self.value()
             return result
         new, result = self.coefficient_step(objective, params, opt, opt_state, self.state, outer_objective)
-        check_hypergradient(result.logs["hypergrad"], self.value())
         self.coefficient.load_rho_and_state(new.rho, new.opt_state)
         self.memory = new.memory
         return result

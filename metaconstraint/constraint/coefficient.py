@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._pytree import tree_map
 
 from .. import optim
 
@@ -37,15 +38,6 @@ def inverse_softplus(x: float) -> float:
     if x <= 0:
         raise ValueError(f"softplus can only reach positive values, got {x}")
     return x + math.log(-math.expm1(-x))  # = log(exp(x) - 1), stable for large x
-
-
-def check_hypergradient(grad_rho: Tensor, coef: Tensor) -> None:
-    """Refuse a non-finite hypergradient with a message saying what it means (one host sync)."""
-    if not torch.isfinite(grad_rho).all():
-        raise FloatingPointError(
-            f"the coefficient's hypergradient is {grad_rho.item()} (coefficient {float(coef):.4g}): "
-            "a loss, Q value or batch entry became NaN/Inf upstream; the coefficient was not updated"
-        )
 
 
 class AdaptiveCoefficient:
@@ -85,9 +77,15 @@ class AdaptiveCoefficient:
         return F.softplus(self.rho)
 
     def update(self, grad_rho: Tensor, rho: Tensor, opt_state: Any) -> tuple[Tensor, Any]:
-        """One Adam step on ``rho`` given d(outer loss)/d(rho), as a pure function: ``(rho, opt_state)``."""
-        updates, opt_state = self.opt.update({"rho": grad_rho}, opt_state, {"rho": rho})
-        return rho.detach() + updates["rho"], opt_state
+        """One Adam step on ``rho`` given d(outer loss)/d(rho), as a pure function: ``(rho, opt_state)``.
+
+        A NaN/Inf hypergradient leaves ``rho`` and Adam's moments as they were (chosen on the device,
+        no host read; the caller's finiteness guard reports it); the step count still advances.
+        """
+        updates, new_state = self.opt.update({"rho": grad_rho}, opt_state, {"rho": rho})
+        finite = torch.isfinite(grad_rho)
+        keep = lambda new, old: torch.where(finite, new, old) if isinstance(new, Tensor) else new  # noqa: E731
+        return keep(rho.detach() + updates["rho"], rho.detach()), tree_map(keep, new_state, opt_state)
 
     def load_rho_and_state(self, rho: Tensor, opt_state: Any) -> None:
         with torch.no_grad():
@@ -95,8 +93,7 @@ class AdaptiveCoefficient:
         self.opt_state = optim.detach_state(opt_state)
 
     def apply_gradient(self, grad_rho: Tensor) -> None:
-        """One optimizer step on ``rho`` given d(outer loss)/d(rho); refuses a non-finite one."""
-        check_hypergradient(grad_rho, self.value())
+        """One optimizer step on ``rho`` given d(outer loss)/d(rho) (a non-finite one changes nothing)."""
         self.load_rho_and_state(*self.update(grad_rho, self.rho.detach(), self.opt_state))
 
     @property
