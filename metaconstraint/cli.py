@@ -92,6 +92,12 @@ def _add_train(sub: Any) -> None:
       help=f"steps between evaluations, 0 = only at the end (default: {q['eval_every']} quick, {p['eval_every']} paper)")
     a("--eval-episodes", type=positive_int, metavar="E", help=f"episodes per evaluation (default: {q['eval_episodes']})")
     a("--seed", type=nonneg_int, metavar="S", help="seed of networks, batches and evaluation episodes (default: 0)")
+    a("--seeds", metavar="0-7",
+      help="train several seeds in one process, their updates vmapped together (td3bc, aspc): a range 0-7 or a "
+           "list 0,3,7; each seed gets its own run directory RUN_DIR/seed<S> (resume them all with --resume RUN_DIR)")
+    a("--compile", action="store_true",
+      help="capture the whole update with torch.compile (CUDA graphs on a GPU; td3bc, aspc): equal to the eager "
+           "update up to float32 rounding; compiling takes a minute or more on a CPU")
     a("--batch-size", type=positive_int, metavar="B", help="minibatch size (default: 256, or the algorithm's own with paper)")
     a("--run-dir", metavar="DIR", help="where the run is written (default: runs/<algo>-<dataset>-seed<S>-<time>)")
     a("--config", metavar="FILE.yaml", help="YAML settings (a run's config.yaml works); flags and --set override it")
@@ -236,6 +242,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve
+    from .seeds import SeedsTrainer, seeds_root_of
     from .training import Trainer, default_run_dir
 
     import torch
@@ -256,36 +263,64 @@ def cmd_train(args: argparse.Namespace) -> int:
         given += ["--config"] if args.config else []
         given += ["--set"] if sets else []
         given += ["--run-dir"] if args.run_dir else []
+        given += ["--seeds"] if args.seeds else []
         if given:
             return _fail(
                 f"--resume continues a run with the settings in its config.yaml; drop {', '.join(given)} "
-                "(only --device, --checkpoint, --stop-after, --threads, --quiet, --no-plots, --trust-env-spec and "
-                "--wandb go with --resume)"
+                "(only --device, --checkpoint, --stop-after, --threads, --quiet, --no-plots, --trust-env-spec, "
+                "--compile and --wandb go with --resume)"
             )
-        trainer = Trainer.resume(args.resume, device=args.device, checkpoint=args.checkpoint, progress=progress, echo=echo,
-                                 plots=not args.no_plots, trust_env_spec=args.trust_env_spec, wandb=args.wandb)
+        kw = dict(progress=progress, echo=echo, plots=not args.no_plots, trust_env_spec=args.trust_env_spec,
+                  wandb=args.wandb)
+        if seeds_root_of(args.resume) is not None:
+            if args.checkpoint:
+                return _fail("--checkpoint picks one run's checkpoint; resume the seeds' directories one by one for that")
+            trainer = SeedsTrainer.resume(args.resume, compile=args.compile, device=args.device, **kw)
+        else:
+            trainer = Trainer.resume(args.resume, device=args.device, checkpoint=args.checkpoint, **kw)
     else:
         config = resolve(file=args.config, flags=_flags(args), sets=sets)
-        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config)
         if args.checkpoint:
             return _fail("--checkpoint goes with --resume (it picks the checkpoint a run continues from)")
         if not args.quiet:
             from .config import preset_reason
 
             print(f"{config.algo} on {config.dataset}: {preset_reason(config)}", flush=True)
-        trainer = Trainer(config, run_dir, progress=progress, echo=echo, plots=not args.no_plots,
-                          trust_env_spec=args.trust_env_spec, wandb=args.wandb)
-    if not args.threads and "OMP_NUM_THREADS" not in os.environ and trainer.config.preset == "quick":
+        kw = dict(progress=progress, echo=echo, plots=not args.no_plots, trust_env_spec=args.trust_env_spec,
+                  wandb=args.wandb)
+        if args.seeds is not None:
+            from .sweep import SpecError, parse_seeds
+
+            if args.seed is not None:
+                return _fail("give --seed (one run) or --seeds (several in one process), not both")
+            try:
+                seeds = parse_seeds(args.seeds, "--seeds")
+            except SpecError as err:
+                return _fail(str(err))
+            root = Path(args.run_dir) if args.run_dir else default_run_dir(config, seeds=args.seeds.replace(",", "_"))
+            trainer = SeedsTrainer.new(config, seeds, root, compile=args.compile, **kw)
+        else:
+            trainer = Trainer(config, Path(args.run_dir) if args.run_dir else default_run_dir(config), **kw)
+    if args.compile and isinstance(trainer, Trainer):
+        trainer = SeedsTrainer([trainer], compile=True)  # one seed, the captured update
+    first = trainer.trainers[0] if isinstance(trainer, SeedsTrainer) else trainer
+    if not args.threads and "OMP_NUM_THREADS" not in os.environ and first.config.preset == "quick":
         torch.set_num_threads(1)
-    result = trainer.train(stop_after=args.stop_after)
+    results = trainer.train(stop_after=args.stop_after)
+    results = results if isinstance(results, list) else [results]
     total = time.perf_counter() - t_start
-    s = result.summary
-    if not args.quiet:
-        _print_train_summary(result, total)
-    else:
-        print(json.dumps({k: s[k] for k in ("status", "step", "final_score", "coef_end", "wall_s")}))
-    if result.status == "interrupted":
-        return 130 if result.signal == signal.SIGINT else 143
+    for result in results:
+        s = result.summary
+        if not args.quiet:
+            _print_train_summary(result, total)
+        else:
+            print(json.dumps({k: s[k] for k in ("status", "step", "final_score", "coef_end", "wall_s")}))
+    if len(results) > 1 and not args.quiet:
+        root = results[0].run_dir.parent
+        print(f"\n{len(results)} seeds in {root}; compare them with: metaconstraint report {root} --per-seed")
+    interrupted = [r for r in results if r.status == "interrupted"]
+    if interrupted:
+        return 130 if interrupted[0].signal == signal.SIGINT else 143
     return 0
 
 

@@ -103,10 +103,12 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def default_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
-    """``runs/<algo>-<dataset>-seed<seed>-<YYYYmmdd-HHMMSS>``."""
+def default_run_dir(config: RunConfig, root: str | Path = "runs", seeds: str | None = None) -> Path:
+    """``runs/<algo>-<dataset>-seed<seed>-<YYYYmmdd-HHMMSS>`` (``seeds``: ``...-seeds<seeds>-...``, the folder
+    of several seeds' run directories)."""
     slug = re.sub(r"[^\w.-]+", "_", dataset_key(config.dataset)) or "data"
-    return Path(root) / f"{config.algo}-{slug}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    which = f"seed{config.seed}" if seeds is None else f"seeds{seeds}"
+    return Path(root) / f"{config.algo}-{slug}-{which}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _stderr_is_terminal() -> bool:
