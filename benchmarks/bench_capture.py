@@ -1,10 +1,13 @@
 """Compiled (captured) vs eager update of TD3+BC and ASPC on this machine: compile time, updates/s, error.
 
-    PYTHONPATH=$PWD python benchmarks/bench_capture.py [--width 256] [--batch 256] [--updates 200]
+    PYTHONPATH=$PWD python benchmarks/bench_capture.py [--width 256] [--batch 256] [--updates 200] \
+        [--device cuda] [--seeds 8] [--out benchmarks/results/capture-gpu.json]
 
 One thread. The eager agent and the captured one (:class:`metaconstraint.algos.capture.CapturedAgent`)
 start from the same seed and see the same batches; the last line per algorithm is the largest
-parameter difference after the timed updates (float32). Prints the machine's load average.
+parameter difference after the timed updates (float32). ``--seeds N`` also times N vmapped seeds
+(:class:`~metaconstraint.algos.ensemble.SeedEnsemble`) eager and captured. On CUDA the rates are
+synchronised at the end of each timed block. Prints the machine's load average; ``--out`` writes the JSON.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ def batches(n: int, size: int, obs: int, act: int, seed: int = 0) -> list[Batch]
     return out
 
 
-def rate(agent, data: list[Batch], n: int) -> float:
+def rate(agent, data: list, n: int) -> float:
+    """Updates per second over ``n`` updates (after the warm-up the caller did)."""
     start = time.perf_counter()
     for i in range(n):
         agent.update(data[i % len(data)])
-    agent.check_finite()
+    agent.check_finite()  # one host read: waits for the device
     return n / (time.perf_counter() - start)
 
 
@@ -46,15 +50,19 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--updates", type=int, default=200)
     p.add_argument("--algos", default="td3bc,aspc")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seeds", type=int, default=0, help="also time this many vmapped seeds (0: no)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
     a = p.parse_args()
     torch.set_num_threads(1)
     obs, act = 17, 6
-    data = batches(16, a.batch, obs, act)
-    results = {"load_before": os.getloadavg()}
+    data = [b._replace(**{f: getattr(b, f).to(a.device) for f in Batch._fields}) for b in batches(16, a.batch, obs, act)]
+    dev = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu"
+    results = {"load_before": os.getloadavg(), "device": dev, "torch": torch.__version__, "width": a.width, "batch": a.batch}
     for name in a.algos.split(","):
         kw = dict(actor_hidden=(a.width, a.width), critic_width=a.width, planned_steps=10**6)
-        eager = mc.algos.make(name, obs, act, **kw)
-        captured = CapturedAgent(mc.algos.make(name, obs, act, **kw))
+        eager = mc.algos.make(name, obs, act, device=a.device, **kw)
+        captured = CapturedAgent(mc.algos.make(name, obs, act, device=a.device, **kw))
         counters.clear()
         start = time.perf_counter()
         period = 2 * (10 if name == "aspc" else 1)  # policy_freq 2, alpha_every 10: every kind of update
@@ -72,8 +80,30 @@ def main() -> None:
                              eager_updates_per_s=round(eager_rate, 1), captured_updates_per_s=round(captured_rate, 1),
                              speedup=round(captured_rate / eager_rate, 3), max_actor_param_diff=err)  # fmt: skip
         print(name, results[name], flush=True)
+        if a.seeds:
+            from metaconstraint.algos.ensemble import SeedEnsemble
+
+            seeds = list(range(a.seeds))
+            stacked = [data[i:i + a.seeds] for i in range(0, len(data) - a.seeds + 1)]
+            runs = {}
+            for compiled in (False, True):
+                ens = SeedEnsemble(name, seeds, obs, act, device=a.device, compile=compiled, **kw)
+                start = time.perf_counter()
+                for i in range(period):
+                    ens.update(stacked[i % len(stacked)])
+                ens.check_finite()
+                warm = time.perf_counter() - start
+                runs["captured" if compiled else "eager"] = (rate(ens, stacked, a.updates), warm)
+            results[f"{name}-seeds{a.seeds}"] = dict(
+                eager_updates_per_s=round(runs["eager"][0], 1), captured_updates_per_s=round(runs["captured"][0], 1),
+                seed_updates_per_s=round(runs["captured"][0] * a.seeds, 1), compile_s=round(runs["captured"][1], 1),
+                vs_one_seed_captured=round(captured_rate / runs["captured"][0], 3))  # time of N seeds / time of one
+            print(f"{name} x{a.seeds} seeds", results[f"{name}-seeds{a.seeds}"], flush=True)
     results["load_after"] = os.getloadavg()
     print(json.dumps(results))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 # runs the update suite (ASPC / TD3+BC per update, k_alpha 1-30, horizon 1, 5, 10), the
 # hypergradient suite (backends, ASPC's coefficient step by horizon, CUDA events and peak
 # memory) and the several-seeds suite (N = 1, 4, 8 vmapped seeds against N sequential runs)
-# at width 256, batches 256 and 1024, writes benchmarks/results/{update,hypergrad,seeds}-gpu-full.json
-# and regenerates benchmarks/results/TABLE.md. Everything it needs beyond the machine's own
+# at width 256, batches 256 and 1024, and the captured update against eager (one seed and 8 vmapped
+# seeds, benchmarks/bench_capture.py), writes benchmarks/results/{update,hypergrad,seeds}-gpu-full.json and
+# results/capture-cuda.json, and regenerates benchmarks/results/TABLE.md. Everything it needs beyond the machine's own
 # PyTorch (the project, and `higher` for that backend) is installed without a network: the
 # project with --no-deps, `higher` from wheels in ./wheels if that folder exists (otherwise
 # the higher rows are skipped). Settings: GPU_SH_DEVICE (cuda), GPU_SH_SIZE (full),
@@ -42,5 +43,10 @@ for suite in test_bench_update.py test_bench_hypergrad.py test_bench_seeds.py; d
         --bench-size "$SIZE" --bench-device "$DEVICE" -o addopts="" || status=$?
     echo "gpu.sh: $suite took $(( $(date +%s) - start )) s (status $status)"
 done
+# the captured update (torch.compile, CUDA graphs on a GPU) against eager, one seed and 8 vmapped seeds
+start=$(date +%s)
+OMP_NUM_THREADS=1 timeout "$LIMIT" "$PY" bench_capture.py --device "$DEVICE" --seeds 8 \
+    $([ "$SIZE" = tiny ] && echo "--width 16 --batch 32 --updates 20") --out "results/capture-$DEVICE.json" || status=$?
+echo "gpu.sh: bench_capture.py took $(( $(date +%s) - start )) s (status $status)"
 "$PY" make_table.py
 exit "$status"
