@@ -3,7 +3,7 @@
     PYTHONPATH=$PWD python benchmarks/bench_capture.py [--width 256] [--batch 256] [--updates 200] \
         [--device cuda] [--seeds 8] [--out benchmarks/results/capture-gpu.json]
 
-One thread. The eager agent and the captured one (:class:`metaconstraint.algos.capture.CapturedAgent`)
+One thread. The eager agent and the captured one (:class:`metaconstraint.algos.ensemble.CapturedAgent`)
 start from the same seed and see the same batches; the last line per algorithm is the largest
 parameter difference after the timed updates (float32). ``--seeds N`` also times N vmapped seeds
 (:class:`~metaconstraint.algos.ensemble.SeedEnsemble`) eager and captured. On CUDA the rates are
@@ -21,7 +21,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import metaconstraint as mc
-from metaconstraint.algos.capture import CapturedAgent
+from metaconstraint.algos.ensemble import CapturedAgent
 from metaconstraint.batch import Batch
 
 

@@ -4,7 +4,7 @@ Compiling is slow on a CPU (about 20-60 s per kind of update on this 2-core mach
 tests compile three graphs in all: ASPC with an actor step and an alpha update at every update
 (one kind: the whole update), and two TD3+BC seeds with policy_freq 2 (two kinds). Tolerance
 (stated): 1e-5 absolute on parameters (we see ~1e-7) and 5e-5 relative on alpha (we see ~6e-6: the
-hypergradient is a second-order quantity and alpha_lr is raised to 0.05 here) after 20 float32
+hypergradient is a second-order quantity and constraint.lr is raised to 0.05 here) after 20 float32
 updates; inductor fuses and reorders float32 arithmetic, so bitwise equality is not expected.
 """
 
@@ -17,7 +17,8 @@ import torch
 from torch._dynamo.utils import counters
 
 from metaconstraint.algos.base import NonFiniteError
-from metaconstraint.algos.capture import CapturedAgent, counts_as_ints, counts_as_tensors
+from metaconstraint.algos.capture import counts_as_ints, counts_as_tensors
+from metaconstraint.algos.ensemble import CapturedAgent
 from metaconstraint.algos.ensemble import SeedEnsemble
 
 from .test_aspc import actor_critic_params, random_batch, small
@@ -39,7 +40,7 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 def test_captured_aspc_update_equals_eager_in_one_graph(dynamo):
-    kw = dict(policy_freq=1, alpha_every=1, alpha_lr=0.05)  # every update: critic, actor and alpha
+    kw = dict(policy_freq=1, constraint={"every": 1, "lr": 0.05})  # every update: critic, actor and alpha
     eager, captured = small("aspc", **kw), CapturedAgent(small("aspc", **kw))
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):

@@ -86,7 +86,7 @@ def test_no_host_sync_between_log_points():
 def test_nonfinite_is_raised_at_the_log_point_naming_the_seed():
     """Seed 1's rewards are NaN at update 1: the check names seed 1, the update and the field; seed 1's
     NaN hypergradient (update 2, an alpha update) leaves its alpha where it was, the others' move."""
-    ens = tiny_ensemble("aspc", alpha_every=1)
+    ens = tiny_ensemble("aspc", constraint={"every": 1})
     steps = seed_batches(2)
     bad = steps[0][1]._replace(rewards=steps[0][1].rewards.clone().fill_(float("nan")))
     rho = ens.state["coef"].rho.clone()

@@ -20,8 +20,8 @@ ALL = tuple(mc.algos.ALGORITHMS)
 def quick_coefficient(name: str) -> dict:
     """Coefficient updates every inner step, so a dozen updates include several."""
     if name == "aspc":
-        return {"alpha_every": 1}
-    return {"coef_every": 1} if name.endswith("-adaptive") else {}
+        return {"constraint": {"every": 1}}
+    return {"constraint": {"every": 1}} if name.endswith("-adaptive") else {}
 
 
 def torch_optimizers(agent) -> list[torch.optim.Optimizer]:
@@ -77,7 +77,7 @@ def test_bad_fields_are_every_non_finite_field_of_that_update():
 def test_non_finite_hypergradient_leaves_alpha_unchanged_and_is_reported():
     """An outer loss scaled by inf gives an infinite hypergradient while every loss stays finite:
     alpha keeps its value, Adam's moments too, and the check names the hypergradient."""
-    agent = tiny("aspc", alpha_every=1)
+    agent = tiny("aspc", constraint={"every": 1})
     agent.constraint.outer = FunctionOuter(lambda traj, coef: traj.evaluate(-1, coef.detach()).loss * math.inf)
     gen = torch.Generator().manual_seed(3)
     agent.update(random_batch(gen, dtype=torch.float32))  # critic only (policy_freq 2)

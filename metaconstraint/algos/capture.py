@@ -5,7 +5,7 @@ graph break is an error, not a silent slowdown): CUDA graphs (``mode="reduce-ove
 GPU, the default mode elsewhere. What it captures is :class:`~metaconstraint.algos.ensemble.SeedEnsemble`'s
 functional update (every tensor of the state in, the new state out; random draws made beforehand
 from each seed's own generator), one compiled function per kind of update (critic only, with the
-actor step, with the coefficient step), each compiled once. :class:`CapturedAgent` gives a single
+actor step, with the coefficient step), each compiled once. :class:`~metaconstraint.algos.ensemble.CapturedAgent` gives a single
 TD3+BC or ASPC agent the same engine (an ensemble of one).
 
 Optimizer step counts are Python ints in eager mode; a compiled function would specialise on
@@ -58,61 +58,4 @@ def counts_as_ints(tree: Any, positions: list[int]) -> Any:
     return tree_unflatten(leaves, spec)
 
 
-class CapturedAgent:
-    """A TD3+BC or ASPC agent whose every update runs as one captured function.
-
-    ``CapturedAgent(agent)`` trains ``agent``'s networks through a one-member
-    :class:`~metaconstraint.algos.ensemble.SeedEnsemble` with ``compile=True`` (the same random
-    draws, from ``agent.rng``, as the eager update). ``agent`` stays the holder of the networks for
-    acting, checkpoints and export: it is brought up to date before :meth:`act` and
-    :meth:`state_dict`, and by :meth:`sync`. Anything else is read from ``agent``.
-    """
-
-    def __init__(self, agent: Any):
-        from .ensemble import SeedEnsemble  # the ensemble captures its update with this module
-
-        self.agent = agent
-        self.engine = SeedEnsemble.from_agents([agent], compile=True)
-        self._stale = False
-
-    def __getattr__(self, name: str) -> Any:  # config, name, metric_names, coefficient_name, ...
-        if name in ("agent", "engine"):
-            raise AttributeError(name)
-        return getattr(self.agent, name)
-
-    @property
-    def num_updates(self) -> int:
-        return self.engine.num_updates
-
-    def update(self, batch: Batch) -> dict[str, Tensor]:
-        """One captured update; the logs are 0-dim device tensors, as the agent's own."""
-        logs = self.engine.update([batch])
-        self._stale = True
-        return {k: v[0] for k, v in logs.items()}
-
-    def check_finite(self) -> None:
-        """Raise :class:`~metaconstraint.algos.base.NonFiniteError` for the first NaN/Inf since the last call."""
-        self.engine.finite_guard.check(self.engine.num_updates)
-
-    def sync(self) -> None:
-        """Write the captured state into ``self.agent``."""
-        if self._stale:
-            self.engine.sync_to_agents()
-            self._stale = False
-
-    @torch.no_grad()
-    def act(self, observations: Tensor) -> Tensor:
-        self.sync()
-        return self.agent.act(observations)
-
-    def state_dict(self) -> dict[str, Any]:
-        self.sync()
-        return self.agent.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.agent.load_state_dict(state)
-        self.engine.load_from_agents()
-        self._stale = False
-
-
-__all__ = ["CapturedAgent", "capture", "counts_as_ints", "counts_as_tensors"]
+__all__ = ["capture", "counts_as_ints", "counts_as_tensors"]

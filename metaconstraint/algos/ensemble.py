@@ -269,4 +269,59 @@ class SeedEnsemble:
         return new, logs
 
 
-__all__ = ["SeedEnsemble", "vmap_tree", "SUPPORTED"]
+class CapturedAgent:
+    """A TD3+BC or ASPC agent whose every update runs as one captured function.
+
+    ``CapturedAgent(agent)`` trains ``agent``'s networks through a one-member
+    :class:`~metaconstraint.algos.ensemble.SeedEnsemble` with ``compile=True`` (the same random
+    draws, from ``agent.rng``, as the eager update). ``agent`` stays the holder of the networks for
+    acting, checkpoints and export: it is brought up to date before :meth:`act` and
+    :meth:`state_dict`, and by :meth:`sync`. Anything else is read from ``agent``.
+    """
+
+    def __init__(self, agent: Any):
+        self.agent = agent
+        self.engine = SeedEnsemble.from_agents([agent], compile=True)
+        self._stale = False
+
+    def __getattr__(self, name: str) -> Any:  # config, name, metric_names, coefficient_name, ...
+        if name in ("agent", "engine"):
+            raise AttributeError(name)
+        return getattr(self.agent, name)
+
+    @property
+    def num_updates(self) -> int:
+        return self.engine.num_updates
+
+    def update(self, batch: Batch) -> dict[str, Tensor]:
+        """One captured update; the logs are 0-dim device tensors, as the agent's own."""
+        logs = self.engine.update([batch])
+        self._stale = True
+        return {k: v[0] for k, v in logs.items()}
+
+    def check_finite(self) -> None:
+        """Raise :class:`~metaconstraint.algos.base.NonFiniteError` for the first NaN/Inf since the last call."""
+        self.engine.finite_guard.check(self.engine.num_updates)
+
+    def sync(self) -> None:
+        """Write the captured state into ``self.agent``."""
+        if self._stale:
+            self.engine.sync_to_agents()
+            self._stale = False
+
+    @torch.no_grad()
+    def act(self, observations: Tensor) -> Tensor:
+        self.sync()
+        return self.agent.act(observations)
+
+    def state_dict(self) -> dict[str, Any]:
+        self.sync()
+        return self.agent.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.agent.load_state_dict(state)
+        self.engine.load_from_agents()
+        self._stale = False
+
+
+__all__ = ["CapturedAgent", "SeedEnsemble", "vmap_tree", "SUPPORTED"]
