@@ -75,11 +75,12 @@ def main() -> None:
         captured_rate = rate(captured, data, a.updates)
         captured.sync()
         pa, pe = dict(captured.agent.actor.named_parameters()), dict(eager.actor.named_parameters())
-        err = max(float((pa[k] - pe[k]).abs().max()) for k in pa)
+        err = max(float((pa[k] - pe[k]).detach().abs().max()) for k in pa)
         results[name] = dict(compile_s=round(compile_s, 1), graphs=graphs, graph_breaks=sum(counters["graph_break"].values()),
                              eager_updates_per_s=round(eager_rate, 1), captured_updates_per_s=round(captured_rate, 1),
                              speedup=round(captured_rate / eager_rate, 3), max_actor_param_diff=err)  # fmt: skip
         print(name, results[name], flush=True)
+        save(results, a.out)
         if a.seeds:
             from metaconstraint.algos.ensemble import SeedEnsemble
 
@@ -99,10 +100,16 @@ def main() -> None:
                 seed_updates_per_s=round(runs["captured"][0] * a.seeds, 1), compile_s=round(runs["captured"][1], 1),
                 vs_one_seed_captured=round(captured_rate / runs["captured"][0], 3))  # time of N seeds / time of one
             print(f"{name} x{a.seeds} seeds", results[f"{name}-seeds{a.seeds}"], flush=True)
+            save(results, a.out)
     results["load_after"] = os.getloadavg()
     print(json.dumps(results))
-    if a.out:
-        with open(a.out, "w") as f:
+    save(results, a.out)
+
+
+def save(results: dict, out: str | None) -> None:
+    """Write what is measured so far (a run cut short by a time limit keeps its finished rows)."""
+    if out:
+        with open(out, "w") as f:
             json.dump(results, f, indent=1)
 
 
