@@ -50,7 +50,7 @@ class RunOutputs:
     """The rows, evaluations, summary and plots of one run directory.
 
     ``record``: the run's rows so far (the trainer checkpoints it); ``echo``: where status lines go;
-    ``should_stop``: whether a signal came (an evaluation then stops early); ``progress``: show the
+    ``save``: checkpoint the run's current step (before an evaluation cut short is reported); ``should_stop``: whether a signal came (an evaluation then stops early); ``progress``: show the
     evaluation's own bar; ``plots``: draw the plots at the end; ``load_s``: how long the data took to load.
     """
 
@@ -66,6 +66,7 @@ class RunOutputs:
         record: RunRecord,
         *,
         echo: Callable[[str], None],
+        save: Callable[[], Path],
         should_stop: Callable[[], bool],
         progress: bool,
         plots: bool,
@@ -73,7 +74,8 @@ class RunOutputs:
     ):
         self.run_dir, self.config, self.env, self.record = run_dir, config, env, record
         self.agent, self.data, self.normalizer, self.device = agent, data, normalizer, device
-        self.echo, self.should_stop, self.progress, self.make_plots = echo, should_stop, progress, plots
+        self.echo, self.save, self.should_stop = echo, save, should_stop
+        self.progress, self.make_plots = progress, plots
         self.coef_key = record.coef.key
         self.load_s = load_s
         returns = data.episode_returns()
@@ -96,10 +98,32 @@ class RunOutputs:
         return self.metrics
 
     # -------------------------------------------------------------- rows
-    def write_row(self, step: int, wall_s: float, evaluate: bool) -> dict[str, str]:
-        """Means over the interval (floats now, not before), an evaluation if due, one row written.
-        Returns the progress bar's postfix. An evaluation stopped by a signal raises
-        :class:`EvaluationInterrupted`, a failed one :class:`EvaluationFailed` (the interval is kept)."""
+    def write_row(self, step: int, wall_s: float, evaluate: bool, bar: Any = None) -> bool:
+        """Log ``step``'s row (its numbers also on the progress ``bar``). True if a signal stopped its
+        evaluation: the checkpoint is then written with the row pending (a resumed run evaluates it again).
+        An evaluation that fails writes the checkpoint first too, then raises a RunError."""
+        try:
+            post = self._log_row(step, wall_s, evaluate)
+        except EvaluationInterrupted:
+            self.record.pending_row = step
+            self.save()
+            return True
+        except EvaluationFailed as err:
+            self.record.pending_row = step
+            path = self.save()
+            raise RunError(
+                f"the evaluation at step {step} failed: {err}. The checkpoint {path} and summary.json were written "
+                f"first; fix the cause, then continue with metaconstraint train --resume {self.run_dir} (it evaluates "
+                "that step again)"
+            ) from err.__cause__
+        self.record.pending_row = None
+        if bar is not None and post:
+            bar.set_postfix(post, refresh=False)
+        return False
+
+    def _log_row(self, step: int, wall_s: float, evaluate: bool) -> dict[str, str]:
+        """Means over the interval (floats now, not before), an evaluation if due, one row written;
+        returns the progress bar's postfix."""
         row = self.record.row(step, wall_s)
         if evaluate:
             row.update(self.evaluate(step, wall_s))  # may raise: the interval's sums are kept for the redo

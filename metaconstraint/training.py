@@ -41,9 +41,9 @@ from .config import ConfigError, RunConfig, coefficient_name, dataset_key, dump_
 from .data import ObsNormalizer, Transitions, load
 from .data.envspec import check_env_id
 from .data.sampler import Sampler
-from .evaluation import EvaluationInterrupted, check_eval_env
+from .evaluation import check_eval_env
 from .metrics import CoefficientTrace, MetricsLog, RunRecord
-from .outputs import EvaluationFailed, RunOutputs, coefficient_value, format_duration
+from .outputs import RunOutputs, coefficient_value, format_duration
 from .rundir import (
     CHECKPOINT_FORMAT,
     RunEnv,
@@ -257,7 +257,8 @@ class Trainer:
         self.record = RunRecord(CoefficientTrace(self.coef_key, coefficient_value(self.agent), self.echo))
         self.outputs = RunOutputs(
             self.run_dir, c, self.env, self.agent, data, self.normalizer, self.device, self.record, echo=self.echo,
-            should_stop=lambda: self.stop_signal is not None, progress=self.progress, plots=self.make_plots, load_s=load_s,
+            save=self.save, should_stop=lambda: self.stop_signal is not None, progress=self.progress,
+            plots=self.make_plots, load_s=load_s,
         )
 
     # -------------------------------------------------------------- state
@@ -440,12 +441,12 @@ class Trainer:
         so curves start where training does; no RNG of the run is used). True if a signal stopped it."""
         pending = self.record.pending_row
         if pending is not None:
-            if self._write_row(pending, evaluate=True):
+            if self.outputs.write_row(pending, self.wall_s, True, self.bar):
                 self.status = "interrupted"
             else:
                 self.save()
         elif self.step == 0 and self.config.eval_every > 0 and not self.record.evals:
-            if self._write_row(0, evaluate=True):
+            if self.outputs.write_row(0, self.wall_s, True, self.bar):
                 self.status = "interrupted"
         return self.status == "interrupted"
 
@@ -478,7 +479,7 @@ class Trainer:
         if row or checkpoint:
             self.check_finite()
         if row:
-            if self._write_row(step, evaluate=evaluate):
+            if self.outputs.write_row(step, self.wall_s, evaluate, self.bar):
                 self.status = "interrupted"  # the signal came during the evaluation: checkpoint written
                 return True
             self._tick()
@@ -533,29 +534,6 @@ class Trainer:
         )
         self.outputs.error = {"quantity": name, "step": step, "value": value, "message": msg}
         return TrainingDiverged(msg, name, step, value)
-
-    def _write_row(self, step: int, evaluate: bool) -> bool:
-        """Log ``step``'s row. True if a signal stopped its evaluation: the checkpoint is then written
-        with the row pending (a resumed run evaluates it again). An evaluation that fails writes the
-        checkpoint first too, then raises a RunError."""
-        try:
-            post = self.outputs.write_row(step, self.wall_s, evaluate)
-        except EvaluationInterrupted:
-            self.record.pending_row = step
-            self.save()
-            return True
-        except EvaluationFailed as err:
-            self.record.pending_row = step
-            path = self.save()
-            raise RunError(
-                f"the evaluation at step {step} failed: {err}. The checkpoint {path} and summary.json were written "
-                f"first; fix the cause, then continue with metaconstraint train --resume {self.run_dir} (it evaluates "
-                "that step again)"
-            ) from err.__cause__
-        self.record.pending_row = None
-        if self.bar is not None and post:
-            self.bar.set_postfix(post, refresh=False)
-        return False
 
     def write_summary(self, status: str) -> dict[str, Any]:
         """Write ``summary.json`` (atomically) and return it."""
