@@ -1,7 +1,8 @@
 """The training loop: evaluation schedule, checkpoints, exact resume, signals, divergence guard.
 
 A :class:`Trainer` fills one run directory (its layout and files: :mod:`metaconstraint.rundir`; its
-metrics rows: :mod:`metaconstraint.metrics`). A resumed run continues the agent, the sampler's batch
+metrics rows: :mod:`metaconstraint.metrics`; the rows, evaluations, summary and plots it writes:
+:mod:`metaconstraint.outputs`). A resumed run continues the agent, the sampler's batch
 stream, the interval accumulators, the counters and every RNG, so on CPU an interrupted-and-resumed
 run ends bit for bit where an uninterrupted one does.
 
