@@ -43,7 +43,7 @@ from .data import ObsNormalizer, Transitions, load
 from .data.envspec import check_env_id
 from .data.sampler import Sampler
 from .evaluation import check_eval_env
-from .metrics import CoefficientTrace, MetricsLog, RunRecord
+from .metrics import CoefficientTrace, RunRecord
 from .outputs import RunOutputs, coefficient_value, format_duration
 from .rundir import (
     CHECKPOINT_FORMAT,
@@ -190,7 +190,6 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
         self.lock: RunLock | None = None
-        self.metrics: MetricsLog | None = None
         self.bar: Any = None
         self.end = config.steps  # the step this session trains to (start() sets it)
         self.status = "finished"
@@ -358,14 +357,14 @@ class Trainer:
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
         except OSError as err:
             raise RunError(f"cannot write to the run directory '{self.run_dir}': {err.strerror or err}") from err
-        self.metrics = self.outputs.open_metrics(self.tensorboard, self.wandb_project)
+        metrics = self.outputs.open_metrics(self.tensorboard, self.wandb_project)
         if self.resuming:
             found = resume_checkpoint(self.run_dir, self.resume_choice, self.device, self.echo)
             if found is not None:
                 self.resumed_from = found[0]
                 self.load_state_dict(found[1])
             # a run started over (no checkpoint) keeps no rows at all, not even its step-0 evaluation
-            for note in self.metrics.truncate_after(self.step if found is not None else -1):
+            for note in metrics.truncate_after(self.step if found is not None else -1):
                 self.echo(f"repaired {note}")
             if found is None:
                 self.echo(f"{self.run_dir} was stopped before its first checkpoint: starting it over from step 0")
@@ -373,7 +372,7 @@ class Trainer:
                 self.echo(f"resuming {self.run_dir} from step {self.step} ({self.resumed_from.name})")
             if self.step >= c.steps and self.record.pending_row is None:
                 self.echo(f"the run already finished at step {self.step}; nothing to do")
-                self.metrics.close()
+                metrics.close()
                 return False
         else:
             dump_yaml(c, self.run_dir / "config.yaml")
@@ -424,7 +423,7 @@ class Trainer:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        self.metrics.close()
+        self.outputs.metrics.close()
 
     def finish(self) -> TrainResult:
         """The result, with summary.json and the plots written."""
