@@ -1,7 +1,8 @@
 """The training loop: evaluation schedule, checkpoints, exact resume, signals, divergence guard.
 
 A :class:`Trainer` fills one run directory (its layout and files: :mod:`metaconstraint.rundir`; its
-metrics rows: :mod:`metaconstraint.metrics`). A resumed run continues the agent, the sampler's batch
+metrics rows: :mod:`metaconstraint.metrics`; the rows, evaluations, summary and plots it writes:
+:mod:`metaconstraint.outputs`). A resumed run continues the agent, the sampler's batch
 stream, the interval accumulators, the counters and every RNG, so on CPU an interrupted-and-resumed
 run ends bit for bit where an uninterrupted one does.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import re
 import signal
@@ -42,26 +42,22 @@ from .config import ConfigError, RunConfig, coefficient_name, dataset_key, dump_
 from .data import ObsNormalizer, Transitions, load
 from .data.envspec import check_env_id
 from .data.sampler import Sampler
-from .evaluation import EvaluationInterrupted, check_eval_env
-from .evaluation import evaluate as evaluate_policy
-from .metrics import CoefficientTrace, MetricsLog, RunRecord, WandbLogger
-from .plotting import plot_run
+from .evaluation import check_eval_env
+from .metrics import CoefficientTrace, RunRecord
+from .outputs import RunOutputs, coefficient_value, format_duration
 from .rundir import (
     CHECKPOINT_FORMAT,
     RunEnv,
     RunError,
     RunLock,
-    atomic_write_text,
     check_device,
     check_resumable,
     checkpoint_path,
-    flat_settings,
     latest_checkpoint,
     list_checkpoints,
     remove_temp_files,
     resume_checkpoint,
     rng_state,
-    run_environment,
     save_checkpoint,
     set_rng_state,
 )
@@ -79,10 +75,6 @@ class TrainingDiverged(RunError):
         self.quantity, self.step, self.value = quantity, step, value
 
 
-class _EvaluationFailed(RunError):
-    """An evaluation raised; the trainer checkpoints before reporting it."""
-
-
 @dataclass
 class TrainResult:
     """What :meth:`Trainer.train` ended with."""
@@ -93,14 +85,6 @@ class TrainResult:
     summary: dict[str, Any]
     signal: int | None = None
     checkpoint: Path | None = None
-
-
-def format_duration(seconds: float) -> str:
-    """``1h02m03s``, ``2m05s`` or ``7s``."""
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def default_run_dir(config: RunConfig, root: str | Path = "runs", seeds: str | None = None) -> Path:
@@ -196,10 +180,8 @@ class Trainer:
         self.agent: algos.Agent | None = None
         self.log_guard: FiniteGuard | None = None
         self.env: RunEnv | None = None
-        self.load_s = 0.0
-        self.dataset_return: float | None = None
-        self.dataset_score: float | None = None
         self.record: RunRecord | None = None  # rows, evaluations, the coefficient's trace (saved in checkpoints)
+        self.outputs: RunOutputs | None = None  # writes the rows, evaluations, summary and plots
         self.step = 0
         self.wall_s = 0.0
         # this session
@@ -208,13 +190,10 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
         self.lock: RunLock | None = None
-        self.metrics: MetricsLog | None = None
         self.bar: Any = None
         self.end = config.steps  # the step this session trains to (start() sets it)
         self.status = "finished"
         self.stop_signal: int | None = None
-        self.error: dict[str, Any] | None = None  # what summary.json reports of a divergence or failure
-        self.environment: dict[str, Any] | None = None
         self.session_start, self.wall_base = 0.0, 0.0
 
     # -------------------------------------------------------------- building
@@ -274,14 +253,13 @@ class Trainer:
         )
         self.log_guard = FiniteGuard(self.device, quantities=self.agent.metric_names)  # NaN/Inf among the logs
         self.env = RunEnv.of(data)
-        self.load_s = time.perf_counter() - t0
-        returns = data.episode_returns()
-        self.dataset_return = float(returns.mean()) if returns.size else None
-        self.dataset_score = (
-            None if self.dataset_return is None or data.ref_min_score is None or data.ref_max_score is None
-            else 100.0 * (self.dataset_return - data.ref_min_score) / (data.ref_max_score - data.ref_min_score)
-        )
+        load_s = time.perf_counter() - t0
         self.record = RunRecord(CoefficientTrace(self.coef_key, coefficient_value(self.agent), self.echo))
+        self.outputs = RunOutputs(
+            self.run_dir, c, self.env, self.agent, data, self.normalizer, self.device, self.record, echo=self.echo,
+            save=self.save, should_stop=lambda: self.stop_signal is not None, progress=self.progress,
+            plots=self.make_plots, load_s=load_s,
+        )
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -379,18 +357,14 @@ class Trainer:
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
         except OSError as err:
             raise RunError(f"cannot write to the run directory '{self.run_dir}': {err.strerror or err}") from err
-        flat = flat_settings(c.to_dict())
-        self.metrics = MetricsLog(self.run_dir, self.agent.metric_names, tensorboard=self.tensorboard,
-                                  coef_key=self.coef_key, hparams=flat)
-        if self.wandb_project:
-            self.metrics.wandb = WandbLogger(self.run_dir, self.wandb_project, flat, self.coef_key)
+        metrics = self.outputs.open_metrics(self.tensorboard, self.wandb_project)
         if self.resuming:
             found = resume_checkpoint(self.run_dir, self.resume_choice, self.device, self.echo)
             if found is not None:
                 self.resumed_from = found[0]
                 self.load_state_dict(found[1])
             # a run started over (no checkpoint) keeps no rows at all, not even its step-0 evaluation
-            for note in self.metrics.truncate_after(self.step if found is not None else -1):
+            for note in metrics.truncate_after(self.step if found is not None else -1):
                 self.echo(f"repaired {note}")
             if found is None:
                 self.echo(f"{self.run_dir} was stopped before its first checkpoint: starting it over from step 0")
@@ -398,7 +372,7 @@ class Trainer:
                 self.echo(f"resuming {self.run_dir} from step {self.step} ({self.resumed_from.name})")
             if self.step >= c.steps and self.record.pending_row is None:
                 self.echo(f"the run already finished at step {self.step}; nothing to do")
-                self.metrics.close()
+                metrics.close()
                 return False
         else:
             dump_yaml(c, self.run_dir / "config.yaml")
@@ -433,9 +407,9 @@ class Trainer:
                     f"with metaconstraint train --resume {self.run_dir}"
                 )
             if not isinstance(err, TrainingDiverged):
-                self.error = {"step": self.step, "message": str(err)}
+                self.outputs.error = {"step": self.step, "message": str(err)}
             try:
-                self._finish_wandb(self._finish_outputs("diverged" if isinstance(err, TrainingDiverged) else "failed"))
+                self.outputs.finish("diverged" if isinstance(err, TrainingDiverged) else "failed", self.step, self.wall_s)
             except OSError as write_err:
                 self.echo(f"warning: could not write summary.json: {write_err}")
             if err is caught:
@@ -449,14 +423,13 @@ class Trainer:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        self.metrics.close()
+        self.outputs.metrics.close()
 
     def finish(self) -> TrainResult:
         """The result, with summary.json and the plots written."""
         if self.status == "finished" and self.step < self.config.steps:
             self.status = "stopped"
-        summary = self._finish_outputs(self.status)
-        self._finish_wandb(summary)
+        summary = self.outputs.finish(self.status, self.step, self.wall_s)
         return TrainResult(self.status, self.step, self.run_dir, summary, signal=self.stop_signal,
                            checkpoint=self.last_checkpoint)
 
@@ -468,12 +441,12 @@ class Trainer:
         so curves start where training does; no RNG of the run is used). True if a signal stopped it."""
         pending = self.record.pending_row
         if pending is not None:
-            if self._write_row(pending, evaluate=True):
+            if self.outputs.write_row(pending, self.wall_s, True, self.bar):
                 self.status = "interrupted"
             else:
                 self.save()
         elif self.step == 0 and self.config.eval_every > 0 and not self.record.evals:
-            if self._write_row(0, evaluate=True):
+            if self.outputs.write_row(0, self.wall_s, True, self.bar):
                 self.status = "interrupted"
         return self.status == "interrupted"
 
@@ -506,7 +479,7 @@ class Trainer:
         if row or checkpoint:
             self.check_finite()
         if row:
-            if self._write_row(step, evaluate=evaluate):
+            if self.outputs.write_row(step, self.wall_s, evaluate, self.bar):
                 self.status = "interrupted"  # the signal came during the evaluation: checkpoint written
                 return True
             self._tick()
@@ -559,137 +532,9 @@ class Trainer:
             + (f" ({detail})" if detail else "")
             + f"; {where}. Lower the learning rates or check the dataset's rewards, then start a new run."
         )
-        self.error = {"quantity": name, "step": step, "value": value, "message": msg}
+        self.outputs.error = {"quantity": name, "step": step, "value": value, "message": msg}
         return TrainingDiverged(msg, name, step, value)
 
-    def _write_row(self, step: int, evaluate: bool) -> bool:
-        """Log ``step``'s row. True if a signal stopped its evaluation: the checkpoint is then written
-        with the row pending (a resumed run evaluates it again). An evaluation that fails writes the
-        checkpoint first too, then raises a RunError."""
-        try:
-            self._log_row(step, evaluate)
-        except EvaluationInterrupted:
-            self.record.pending_row = step
-            self.save()
-            return True
-        except _EvaluationFailed as err:
-            self.record.pending_row = step
-            path = self.save()
-            raise RunError(
-                f"the evaluation at step {step} failed: {err}. The checkpoint {path} and summary.json were written "
-                f"first; fix the cause, then continue with metaconstraint train --resume {self.run_dir} (it evaluates "
-                "that step again)"
-            ) from err.__cause__
-        self.record.pending_row = None
-        return False
-
-    def _log_row(self, step: int, evaluate: bool) -> None:
-        """Means over the interval (floats now, not before), an evaluation if due, one row written."""
-        row = self.record.row(step, self.wall_s)
-        if evaluate:
-            row.update(self._evaluate(step))  # may raise: the interval's sums are kept for the redo
-        self.record.close_row(step, self.wall_s)
-        self.metrics.write(row)
-        post = {}
-        if self.coef_key in row:
-            post[self.coef_key] = f"{row[self.coef_key]:.3g}"
-        if "q_mean" in row:
-            post["Q"] = f"{row['q_mean']:.3g}"
-        if self.record.evals:
-            last = self.record.evals[-1]
-            post["score"] = f"{last['score']:.1f}" if last.get("score") is not None else f"R {last['return']:.1f}"
-        if self.bar is not None and post:
-            self.bar.set_postfix(post, refresh=False)
-
-    def _evaluate(self, step: int) -> dict[str, Any]:
-        """Roll the current policy out in the dataset's env (``evaluation.evaluate``); stops early on a signal."""
-        c = self.config
-        ref = (self.env.ref_min_score, self.env.ref_max_score) if self.env.ref_min_score is not None else None
-        try:
-            res = evaluate_policy(
-                self.agent, self.data, episodes=c.eval_episodes, seed=c.resolved_eval_seed(), normalizer=self.normalizer,
-                n_envs=min(10, c.eval_episodes), ref=ref, device=self.device,
-                should_stop=lambda: self.stop_signal is not None, progress=self.progress,
-            )
-        except EvaluationInterrupted:
-            raise
-        except Exception as err:
-            raise _EvaluationFailed(f"{type(err).__name__}: {err}") from err
-        columns = self.record.add_evaluation(step, res)
-        coef = self.record.coef.last
-        score = f"score {res['score_mean']:.1f} ± {res['score_std']:.1f}  " if res["score_mean"] is not None else ""
-        self.echo(
-            f"step {step}/{self.config.steps}  {score}return {res['return_mean']:.1f}"
-            + (f"  {self.coef_key} {coef:.3g}" if coef is not None else "")
-            + f"  ({format_duration(self.wall_s)})"
-        )
-        return columns
-
-    # -------------------------------------------------------------- outputs
-    def _finish_outputs(self, status: str) -> dict[str, Any]:
-        plots: list[str] = []
-        self.write_summary(status)  # the plots read the coefficient's start from it
-        if self.make_plots:
-            try:
-                plots = [str(p) for p in plot_run(self.run_dir)]
-            except Exception as err:  # a plotting problem must not lose the run's results
-                self.echo(f"warning: could not draw the plots: {type(err).__name__}: {err}")
-        return self.write_summary(status, plots)
-
-    def _finish_wandb(self, summary: dict[str, Any]) -> None:
-        wb = None if self.metrics is None else self.metrics.wandb
-        if wb is not None:
-            self.metrics.wandb = None
-            try:
-                wb.finish(summary)
-            except Exception as err:  # the run's own files are written; W&B is extra
-                self.echo(f"warning: could not finish the W&B run: {type(err).__name__}: {err}")
-
-    def write_summary(self, status: str, plots: list[str] | None = None) -> dict[str, Any]:
+    def write_summary(self, status: str) -> dict[str, Any]:
         """Write ``summary.json`` (atomically) and return it."""
-        c = self.config
-        final, best = self.record.final_and_best()
-        if self.environment is None:
-            try:
-                self.environment = run_environment(self.device or c.device)
-            except Exception as err:  # never lose a summary over this
-                self.environment = {"error": f"{type(err).__name__}: {err}"}
-        checkpoint = latest_checkpoint(self.run_dir)
-        summary = {
-            "status": status,
-            "algo": c.algo,
-            "dataset": c.dataset,
-            "env_id": self.env.env_id,
-            "seed": c.seed,
-            "steps": c.steps,
-            "step": self.step,
-            "final_score": None if final is None else final.get("score"),
-            "final_score_std": None if final is None else final.get("score_std"),
-            "final_return": None if final is None else final.get("return"),
-            "final_eval_step": None if final is None else final["step"],
-            "best_score": None if best is None else best["score"],
-            "dataset_return": self.dataset_return,
-            "dataset_score": self.dataset_score,
-            "best_score_step": None if best is None else best["step"],
-            **self.record.coef.summary(coefficient_value(self.agent), self.step),
-            "wall_s": round(self.wall_s, 2),
-            "steps_per_s": round(self.step / self.wall_s, 2) if self.wall_s > 0 else None,
-            "data_load_s": round(self.load_s, 2),
-            "checkpoint": None if checkpoint is None else str(checkpoint),
-            "plots": plots or [],
-            "evals": self.record.evals,
-            "warnings": list(self.record.coef.warnings),
-            "environment": self.environment,
-        }
-        if self.error is not None:
-            summary["error"] = self.error
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        return summary
-
-
-def coefficient_value(agent: algos.Agent) -> float | None:
-    """The agent's constraint coefficient now, as a float."""
-    try:
-        return float(agent.constraint.value())
-    except Exception:
-        return None
+        return self.outputs.write_summary(status, self.step, self.wall_s)

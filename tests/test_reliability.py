@@ -218,10 +218,10 @@ def test_a_bad_eval_seed_is_a_config_error():
 
 
 def test_a_failed_evaluation_writes_checkpoint_and_summary_first_and_resume_redoes_it(straight, tiny_npz, tmp_path, monkeypatch):
-    import metaconstraint.training as training
+    import metaconstraint.outputs as outputs
 
     s_trainer, _, s_dir = straight
-    real = training.evaluate_policy
+    real = outputs.evaluate_policy
 
     def broken(*a, **k):
         if k.get("seed") is not None and not hasattr(broken, "done"):
@@ -229,14 +229,14 @@ def test_a_failed_evaluation_writes_checkpoint_and_summary_first_and_resume_redo
             return real(*a, **k)
         raise RuntimeError("the simulator crashed")
 
-    monkeypatch.setattr(training, "evaluate_policy", broken)
+    monkeypatch.setattr(outputs, "evaluate_policy", broken)
     run_dir = tmp_path / "run"
     with pytest.raises(RunError, match=r"evaluation at step 300 failed: RuntimeError: the simulator crashed\. The checkpoint .*step_00000300\.pt"):
         run(tiny_config(tiny_npz), run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["step"] == 300 and "simulator crashed" in summary["error"]["message"]
     assert load_checkpoint(latest_checkpoint(run_dir))["trainer"]["pending_row"] == 300
-    monkeypatch.setattr(training, "evaluate_policy", real)
+    monkeypatch.setattr(outputs, "evaluate_policy", real)
     resumed = Trainer.resume(run_dir, **quiet())
     assert resumed.train().status == "finished"
     same_agent(s_trainer, resumed)
@@ -383,9 +383,9 @@ def test_eval_on_a_missing_cuda_says_so(straight, capsys):
 
 
 def test_sigterm_during_a_long_evaluation_stops_promptly(tiny_npz, tmp_path, monkeypatch):
-    import metaconstraint.training as training
+    import metaconstraint.outputs as outputs
 
-    real = training.evaluate_policy
+    real = outputs.evaluate_policy
     sent = []
 
     def evaluate_then_signal(*a, **k):
@@ -396,7 +396,7 @@ def test_sigterm_during_a_long_evaluation_stops_promptly(tiny_npz, tmp_path, mon
         finally:
             timer.cancel()
 
-    monkeypatch.setattr(training, "evaluate_policy", evaluate_then_signal)
+    monkeypatch.setattr(outputs, "evaluate_policy", evaluate_then_signal)
     config = resolve(flags={"algo": "aspc", "dataset": str(tiny_npz), "steps": 100, "eval_every": 50, "seed": 0},
                      sets=["agent.actor_hidden=16,16", "agent.critic_width=16", "batch_size=64", "log_every=50",
                            "checkpoint_every=0", "eval_episodes=10000"])  # 2M env steps: about 30 s uninterrupted
