@@ -325,7 +325,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_train_summary(result: Any, total_s: float) -> None:
-    from .training import format_duration
+    from .outputs import format_duration
 
     s = result.summary
     run_dir = result.run_dir

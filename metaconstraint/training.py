@@ -44,7 +44,7 @@ from .data.envspec import check_env_id
 from .data.sampler import Sampler
 from .evaluation import check_eval_env
 from .metrics import CoefficientTrace, RunRecord
-from .outputs import RunOutputs, coefficient_value, format_duration
+from .outputs import RunOutputs, coefficient_value
 from .rundir import (
     CHECKPOINT_FORMAT,
     RunEnv,
@@ -63,7 +63,7 @@ from .rundir import (
 )
 
 __all__ = [
-    "TrainResult", "Trainer", "TrainingDiverged", "default_run_dir", "format_duration", "load_training_data", "stop_on_signals",
+    "TrainResult", "Trainer", "TrainingDiverged", "default_run_dir", "load_training_data", "stop_on_signals",
 ]
 
 
