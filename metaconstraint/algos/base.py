@@ -231,6 +231,11 @@ class Checkpointed:
         self.finite_guard.reset()
 
 
+class AgentBase(AgentDefaults, Checkpointed, FiniteChecked):
+    """The base of the package's algorithms: the contract's defaults, ``state_dict`` over the declared
+    members, and the device-side finiteness record. A subclass holds its losses and update order."""
+
+
 def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
     """``target <- (1 - tau) target + tau source`` for every parameter."""
     with torch.no_grad():

@@ -61,15 +61,7 @@ from ..constraint import FixedCoefficient, FixedConstraint, Terms, adaptive_cons
 from ..nets import Critic, TanhGaussianActor, TwinCritic
 from ..data.reference import ANTMAZE_DATASETS
 from .common import BILEVEL_METRICS, LearnedCoefficient, constraint_step
-from .base import (
-    AgentDefaults,
-    Checkpointed,
-    FiniteChecked,
-    init_agent,
-    named_constraint_logs,
-    record_constraint_step,
-    soft_update,
-)
+from .base import AgentBase, init_agent, named_constraint_logs, record_constraint_step, soft_update
 
 # the CQL authors' per-domain settings, by domain and by D4RL dataset (the MuJoCo ones are the defaults)
 CQL_PRESETS: dict[str, dict[str, Any]] = {
@@ -130,7 +122,7 @@ class CQLSamples(NamedTuple):
     y: Tensor  # (B,) TD target
 
 
-class CQL(AgentDefaults, Checkpointed, FiniteChecked):
+class CQL(AgentBase):
     """CQL(H) with a fixed alpha_cql (optionally the Lagrangian variant)."""
 
     name = "cql"

@@ -46,15 +46,7 @@ from ..constraint import FixedCoefficient, FixedConstraint, Terms, adaptive_cons
 from ..nets import Actor, Critic, GaussianActor, TwinCritic, ValueNet, gaussian_log_prob
 from ..data.reference import ANTMAZE_DATASETS
 from .common import BILEVEL_METRICS, LearnedCoefficient, constraint_step
-from .base import (
-    AgentDefaults,
-    Checkpointed,
-    FiniteChecked,
-    init_agent,
-    named_constraint_logs,
-    record_constraint_step,
-    soft_update,
-)
+from .base import AgentBase, init_agent, named_constraint_logs, record_constraint_step, soft_update
 
 POLICIES = ("gaussian", "deterministic")
 
@@ -118,7 +110,7 @@ def cosine_decay(lr: float, steps: int):
     return schedule
 
 
-class IQL(AgentDefaults, Checkpointed, FiniteChecked):
+class IQL(AgentBase):
     """Implicit Q-learning with a fixed temperature beta."""
 
     name = "iql"

@@ -24,15 +24,7 @@ from .. import optim
 from ..batch import Batch
 from ..constraint import FixedCoefficient, FixedConstraint, Terms
 from ..nets import Actor, TwinCritic, make_critic
-from .base import (
-    AgentDefaults,
-    Checkpointed,
-    FiniteChecked,
-    init_agent,
-    named_constraint_logs,
-    record_constraint_step,
-    soft_update,
-)
+from .base import AgentBase, init_agent, named_constraint_logs, record_constraint_step, soft_update
 
 
 @dataclass
@@ -66,7 +58,7 @@ class TD3BCConfig:
         self.actor_hidden = tuple(int(h) for h in self.actor_hidden)
 
 
-class TD3BC(AgentDefaults, Checkpointed, FiniteChecked):
+class TD3BC(AgentBase):
     """TD3+BC with a fixed alpha. Subclasses change the actor's constraint object."""
 
     name = "td3bc"
