@@ -469,8 +469,8 @@ class Trainer:
         between rows: a NaN/Inf is found at the next row or checkpoint (:meth:`check_finite`), which
         names the update it happened in, and no checkpoint is written after it."""
         step = self.step = self.step + 1
-        for name, value in logs.items():
-            self.log_guard.record(name, value)
+        if logs:
+            self.log_guard.record_all(logs)
         self.log_guard.commit()
         self.record.means.add(logs)
         self.bar.update(1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import metaconstraint as mc
-from metaconstraint.algos.base import NonFiniteError
+from metaconstraint.algos.base import FiniteGuard, NonFiniteError
 from metaconstraint.constraint import FunctionOuter
 
 from .host_reads import count_host_reads, optimizer_step_tensors
@@ -108,3 +108,22 @@ def test_a_loaded_checkpoint_starts_a_fresh_record():
     with pytest.raises(NonFiniteError) as info:
         agent.check_finite()
     assert (info.value.step, info.value.bad_fields) == (4, ["actions"])
+
+
+def test_record_all_notes_the_first_non_finite_value_and_its_update_without_host_reads():
+    """The trainer's logs go in as one stacked check per update."""
+    guard = FiniteGuard("cpu", quantities=["a", "b"])
+    ok = {"a": torch.tensor(1.0), "b": torch.tensor(2.0), "c": torch.tensor(3.0)}
+    bad = {"a": torch.tensor(1.0), "b": torch.tensor(float("-inf")), "c": torch.tensor(float("nan"))}
+    with count_host_reads() as calls:
+        for logs in (ok, ok, bad, ok, bad):
+            guard.record_all(logs)
+            guard.commit()
+    assert calls == []
+    with pytest.raises(NonFiniteError) as info:
+        guard.check(num_updates=5)
+    assert (info.value.quantity, info.value.value, info.value.step) == ("b", float("-inf"), 3)
+    assert guard.quantities == ["a", "b", "c"]
+    guard.record_all(ok)
+    guard.commit()
+    guard.check(num_updates=6)  # nothing since the last check

@@ -104,7 +104,8 @@ class FiniteGuard:
     ):
         self.device, self.members = torch.device(device), tuple(members)
         self.quantities: list[str] = list(quantities)  # index -> name; new names are appended
-        self._pending: list[tuple[int, Tensor]] = []
+        self._pending: list[tuple[int | Tensor, Tensor]] = []
+        self._indices: dict[tuple[str, ...], Tensor] = {}  # record_all's quantity indices, by its names
         self._field_weights = 2.0 ** torch.arange(len(Batch._fields), device=self.device, dtype=torch.float64)
         self.reset()
 
@@ -120,6 +121,22 @@ class FiniteGuard:
             self.quantities.append(quantity)
         self._pending.append((self.quantities.index(quantity), value.detach()))
 
+    def record_all(self, values: Mapping[str, Tensor]) -> None:
+        """Note several 0-dim values with one stacked check instead of one per value (the trainer's logs);
+        the first non-finite one, in the mapping's order, is the one noted."""
+        names = tuple(values)
+        index = self._indices.get(names)
+        if index is None:
+            for name in names:
+                if name not in self.quantities:
+                    self.quantities.append(name)
+            index = torch.tensor([float(self.quantities.index(n)) for n in names], device=self.device,
+                                 dtype=torch.float64)
+            self._indices[names] = index
+        stacked = torch.stack([v.detach().reshape(()) for v in values.values()]).to(torch.float64)
+        first = (~torch.isfinite(stacked)).to(torch.uint8).argmax()  # 0 when every value is finite
+        self._pending.append((index[first], stacked[first]))
+
     def commit(self, batch: Batch | None = None) -> None:
         """End of an update: fold its recorded quantities into the device record (``batch``: the
         update's batch, whose non-finite fields are noted; None: none to note)."""
@@ -132,7 +149,8 @@ class FiniteGuard:
             for index, v in reversed(pending):  # the update's first non-finite quantity wins
                 v = v.to(torch.float64).expand(self.members)
                 bad_v = ~torch.isfinite(v)
-                quantity, value = torch.where(bad_v, float(index), quantity), torch.where(bad_v, v, value)
+                index = index if isinstance(index, Tensor) else float(index)  # record_all's is on the device
+                quantity, value = torch.where(bad_v, index, quantity), torch.where(bad_v, v, value)
                 bad = bad | bad_v
             bits = torch.zeros_like(count) if batch is None else self._field_bits(batch)
             event = torch.stack([count, count, quantity, value, bits], dim=-1)
