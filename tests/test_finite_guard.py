@@ -127,3 +127,14 @@ def test_record_all_notes_the_first_non_finite_value_and_its_update_without_host
     guard.record_all(ok)
     guard.commit()
     guard.check(num_updates=6)  # nothing since the last check
+
+
+def test_several_members_are_named_earliest_first():
+    """Seed 1 goes non-finite at update 2, seed 0 at update 3: the error is seed 1's, and it comes first."""
+    guard = FiniteGuard("cpu", members=(2,), quantities=["loss"])
+    for loss in ([1.0, 1.0], [1.0, math.nan], [math.inf, math.nan]):
+        guard.record("loss", torch.tensor(loss))
+        guard.commit()
+    with pytest.raises(NonFiniteError) as info:
+        guard.check(num_updates=3, labels=[10, 11])
+    assert (info.value.step, info.value.members) == (2, [11, 10]) and math.isnan(info.value.value)

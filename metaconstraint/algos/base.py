@@ -74,7 +74,7 @@ class NonFiniteError(FloatingPointError):
         self, quantity: str, value: float, step: int, bad_fields: list[str], members: list[Any] | None = None
     ):
         self.quantity, self.value, self.step, self.bad_fields = quantity, value, step, list(bad_fields)
-        self.members = members  # several seeds in one process: the seeds that had a non-finite value
+        self.members = members  # several seeds in one process: the seeds that had a non-finite value, earliest first
         where = (
             f"the batch has non-finite values in {self.bad_fields}" if self.bad_fields
             else "the batch is finite, so the networks diverged"
@@ -176,7 +176,7 @@ class FiniteGuard:
         at, member, (count, _, index, value, bits) = min(events)
         bad = [f for i, f in enumerate(Batch._fields) if int(bits) >> i & 1]
         step = num_updates - int(count) + int(at)
-        where = None if labels is None else [labels[m] for _, m, _ in events]
+        where = None if labels is None else [labels[m] for _, m, _ in sorted(events)]  # earliest first
         raise NonFiniteError(self.quantities[int(index)], value, step, bad, members=where)
 
 
