@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .algos.base import NonFiniteError
-from .algos.ensemble import SUPPORTED, SeedEnsemble
+from .algos.ensemble import SeedEnsemble, check_supported
 from .config import ConfigError, RunConfig
 from .rundir import RunError
 from .training import TrainResult, Trainer, stop_on_signals
@@ -62,14 +62,10 @@ class SeedsTrainer:
     def __init__(self, trainers: Sequence[Trainer], compile: bool = False):
         if not trainers:
             raise ConfigError("no seeds given")
-        algo = trainers[0].config.algo
-        if algo not in SUPPORTED:
-            raise ConfigError(
-                f"several seeds in one process exist for {', '.join(SUPPORTED)}, not '{algo}'; run its seeds as "
-                "separate runs (metaconstraint sweep --seeds ... runs them in parallel)"
-            )
-        if getattr(trainers[0].config.agent, "outer_batch", "same") != "same":
-            raise ConfigError("outer_batch=fresh is not available with several seeds in one process")
+        try:  # before any run directory is touched
+            check_supported(trainers[0].config.algo, trainers[0].config.agent)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         seeds = [t.config.seed for t in trainers]
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"the seeds must differ, got {seeds}")

@@ -39,6 +39,17 @@ from .capture import capture, counts_as_ints, counts_as_tensors
 SUPPORTED = ("td3bc", "aspc")
 
 
+def check_supported(name: str, config: Any) -> None:
+    """Refuse, with a message, an algorithm or setting several seeds in one process cannot train."""
+    if name not in SUPPORTED:
+        raise ValueError(
+            f"several seeds in one process exist for {', '.join(SUPPORTED)}, not '{name}'; run its seeds as "
+            "separate runs (metaconstraint sweep --seeds ... runs them in parallel)"
+        )
+    if getattr(config, "outer_batch", "same") != "same":
+        raise ValueError("outer_batch=fresh is not available with several seeds in one process")
+
+
 def vmap_tree(fn: Callable[..., Any], *args: Any) -> Any:
     """``vmap(fn)`` over the leading dimension of every tensor in ``args``.
 
@@ -95,8 +106,7 @@ class SeedEnsemble:
         from . import make
 
         seeds = [int(s) for s in seeds]
-        if name not in SUPPORTED:
-            raise ValueError(f"several seeds in one process exist for {', '.join(SUPPORTED)}, not '{name}'")
+        check_supported(name, None)
         agents = [make(name, obs_dim, act_dim, max_action, device=device, dtype=dtype, seed=s, **overrides) for s in seeds]
         self._setup(agents, compile)
 
@@ -113,10 +123,9 @@ class SeedEnsemble:
         if not agents or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
         first = agents[0]
-        if first.name not in SUPPORTED or any(a.name != first.name for a in agents):
-            raise ValueError(f"several seeds in one process exist for {', '.join(SUPPORTED)}, one algorithm at a time")
-        if getattr(first.config, "outer_batch", "same") != "same":
-            raise ValueError("outer_batch='fresh' is not available with several seeds in one process")
+        check_supported(first.name, first.config)
+        if any(a.name != first.name for a in agents):
+            raise ValueError("several seeds in one process train one algorithm at a time")
         self.name, self.seeds, self.agents, self.compiled = first.name, seeds, agents, compile
         self.config, self.device, self.dtype, self.max_action = first.config, first.device, first.dtype, first.max_action
         self.coefficient_name = first.coefficient_name
@@ -324,4 +333,4 @@ class CapturedAgent:
         self._stale = False
 
 
-__all__ = ["CapturedAgent", "SeedEnsemble", "vmap_tree", "SUPPORTED"]
+__all__ = ["CapturedAgent", "SeedEnsemble", "check_supported", "vmap_tree", "SUPPORTED"]
