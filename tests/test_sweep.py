@@ -234,8 +234,9 @@ def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_the_same_sweep_continues_th
     run_dir = out / "aspc" / "aspc-pendulum-tiny-s0"
     log = open(tmp_path / "sweep.out", "w+")
     sweep = subprocess.Popen([sys.executable, "-m", "metaconstraint", "sweep", *map(str, args)], stdout=log,
-                             stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    t0 = time.time()
+                             stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job has it,
+    t0 = time.time()  # also when pytest itself was started in the background (where SIGINT is ignored and inherited)
     try:
         while not list((run_dir / "checkpoints").glob("step_*.pt")):
             assert sweep.poll() is None and time.time() - t0 < 240, "no checkpoint appeared"
