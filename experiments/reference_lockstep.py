@@ -38,21 +38,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_peer import accelerated_op_status, build, load_reference  # noqa: E402
 
 
-def _copy_weights(src: torch.nn.Module, dst: torch.nn.Module, what: str) -> None:
+def _copy_weights(src: torch.nn.Module, dst: list[torch.Tensor], what: str) -> None:
     """Copy the authors' module's parameters into ours (the same layer order and shapes, checked)."""
-    s, d = list(src.named_parameters()), list(dst.named_parameters())
-    shapes = [(n, tuple(p.shape)) for n, p in s], [(n, tuple(p.shape)) for n, p in d]
-    if [x[1] for x in shapes[0]] != [x[1] for x in shapes[1]]:
-        raise SystemExit(f"reference_lockstep: the {what} layouts differ: theirs {shapes[0]}, ours {shapes[1]}")
+    s = list(src.named_parameters())
+    if [tuple(p.shape) for _, p in s] != [tuple(q.shape) for q in dst]:
+        raise SystemExit(f"reference_lockstep: the {what} layouts differ: theirs "
+                         f"{[(n, tuple(p.shape)) for n, p in s]}, ours {[tuple(q.shape) for q in dst]}")
     with torch.no_grad():
-        for (_, p), (_, q) in zip(s, d):
+        for (_, p), q in zip(s, dst):
             q.copy_(p)
 
 
-def _max_rel_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
+def _member(critic: torch.nn.Module, j: int) -> list[torch.Tensor]:
+    """Our critic ``j`` (of the stacked ensemble) as a list of parameter views."""
+    return [p[j] for p in critic.parameters()]
+
+
+def _max_rel_gap(a: list[torch.Tensor], b: torch.nn.Module) -> float:
     """max over parameters of ||a - b|| / ||b||."""
     with torch.no_grad():
-        gaps = [float((p - q).norm() / q.norm().clamp_min(1e-300)) for p, q in zip(a.parameters(), b.parameters())]
+        gaps = [float((p - q).norm() / q.norm().clamp_min(1e-300)) for p, q in zip(a, b.parameters())]
     return max(gaps)
 
 
@@ -108,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     config = ASPCConfig(actor_hidden=(a.width, a.width), critic="robust", critic_width=a.width,
                         constraint=ConstraintSettings(lr=a.alpha_lr), planned_steps=a.steps, seed=a.seed)
     ours = ASPC(obs_dim, act_dim, max_action, config, dtype=dtype)
-    _copy_weights(theirs.actor, ours.actor, "actor")
-    _copy_weights(theirs.critic_1, ours.critic.q1, "critic 1")
-    _copy_weights(theirs.critic_2, ours.critic.q2, "critic 2")
+    _copy_weights(theirs.actor, list(ours.actor.parameters()), "actor")
+    _copy_weights(theirs.critic_1, _member(ours.critic, 0), "critic 1")
+    _copy_weights(theirs.critic_2, _member(ours.critic, 1), "critic 2")
     ours.actor_target.load_state_dict(ours.actor.state_dict())
     ours.critic_target.load_state_dict(ours.critic.state_dict())
     if a.eps_root is not None:  # ours adds 1e-16 inside Adam's sqrt (a finite derivative where a gradient entry is 0)
@@ -145,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             a_ours = float(coef.value().detach())
             rows.append({"step": step, "alpha_theirs": a_theirs, "alpha_ours": a_ours,
                          "alpha_rel_gap": abs(a_ours - a_theirs) / a_theirs,
-                         "actor_rel_gap": _max_rel_gap(ours.actor, theirs.actor),
-                         "critic_rel_gap": max(_max_rel_gap(ours.critic.q1, theirs.critic_1),
-                                               _max_rel_gap(ours.critic.q2, theirs.critic_2))})
+                         "actor_rel_gap": _max_rel_gap(list(ours.actor.parameters()), theirs.actor),
+                         "critic_rel_gap": max(_max_rel_gap(_member(ours.critic, 0), theirs.critic_1),
+                                               _max_rel_gap(_member(ours.critic, 1), theirs.critic_2))})
     wall = time.perf_counter() - t0
     gaps = [r["alpha_rel_gap"] for r in rows]
     summary = {

@@ -3,22 +3,28 @@
 The "robust critic" of ASPC (spec: 3x256, ReLU followed by LayerNorm after every hidden
 layer, hidden weights U(+-1/sqrt(fan_in)), hidden biases 0.1, last layer U(+-3e-3)) is
 ``Critic(..., hidden=(256, 256, 256), layer_norm=True, robust_init=True)``; the original
-TD3+BC critic is ``Critic(..., hidden=(256, 256))``. :func:`make_critic` names both.
+TD3+BC critic is ``Critic(..., hidden=(256, 256))``. :func:`make_critic` names both. An
+algorithm's twin critics are one :class:`CriticEnsemble` of two such critics.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 __all__ = [
     "mlp",
     "Actor",
     "Critic",
-    "TwinCritic",
+    "CriticEnsemble",
+    "stack_member_optimizer_state",
+    "stack_member_tree",
     "ValueNet",
     "make_critic",
     "params_of",
@@ -105,15 +111,120 @@ def make_critic(kind: str, obs_dim: int, act_dim: int, width: int = 256, depth: 
     return Critic(obs_dim, act_dim, (width,) * n, layer_norm=p["layer_norm"], robust_init=p["robust_init"])
 
 
-class TwinCritic(nn.Module):
-    """Two independent critics; ``forward`` returns ``(q1, q2)``."""
+class CriticEnsemble(nn.Module):
+    """Critics of one architecture evaluated together: their parameters stacked on a leading
+    member dimension, and every layer of the forward pass one batched matrix product for all
+    members (one kernel per layer instead of one per critic and layer, which matters where
+    kernel launches dominate, as on a GPU). It composes with ``torch.func`` (``vmap`` over
+    seeds, ``functional_call``, ``grad``) like any module.
 
-    def __init__(self, q1: Critic, q2: Critic):
+    ``critic(obs, act)`` returns ``Q`` of shape ``(members, *batch)`` (so ``q1, q2 = critic(obs, act)``);
+    :meth:`member` evaluates one member alone and :meth:`q1` the first (TD3's actor loss).
+    Parameter names are the member's own (``net.0.weight``, shape ``(members, out, in)``);
+    checkpoints of the former two-module layout (``q1.*``, ``q2.*``) load into it.
+    """
+
+    def __init__(self, members: Sequence[Critic]):
         super().__init__()
-        self.q1, self.q2 = q1, q2
+        if len(members) < 1:
+            raise ValueError("a critic ensemble needs at least one member")
+        self.size = len(members)
+        self._template = (copy.deepcopy(members[0]).to("meta"),)  # a tuple: not a submodule, no parameters
+        stacked = copy.deepcopy(members[0])
+        per_member = [dict(m.named_parameters()) for m in members]
+        for name, _ in members[0].named_parameters():
+            owner, _, leaf = name.rpartition(".")
+            setattr(stacked.get_submodule(owner), leaf, nn.Parameter(torch.stack([p[name].detach() for p in per_member])))
+        self.net = stacked.net  # the member's layers with stacked parameters: names stay ``net.*``
+        for layer in self.net:
+            if not isinstance(layer, (nn.Linear, nn.LayerNorm)) and any(True for _ in layer.parameters()):
+                raise TypeError(f"CriticEnsemble evaluates Linear, LayerNorm and parameter-free layers, not {layer}")
 
-    def forward(self, obs: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
-        return self.q1(obs, act), self.q2(obs, act)
+    def _call(self, params: Mapping[str, Tensor], obs: Tensor, act: Tensor) -> Tensor:
+        return functional_call(self._template[0], params, (obs, act))
+
+    def forward(self, obs: Tensor, act: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``Q_j(s, a)`` of every member ``j``: shape ``(members, *batch)``. ``params``: stacked
+        parameters to use instead of the ensemble's own (by name)."""
+        p = dict(self.named_parameters()) if params is None else params
+        x = torch.cat([obs, act], dim=-1)
+        batch = x.shape[:-1]
+        x = x.reshape(1, -1, x.shape[-1]).expand(self.size, -1, -1)
+        for i, layer in enumerate(self.net):
+            if isinstance(layer, nn.Linear):  # x W_j^T + b_j for every member j at once
+                x = torch.baddbmm(p[f"net.{i}.bias"].unsqueeze(1), x, p[f"net.{i}.weight"].transpose(1, 2))
+            elif isinstance(layer, nn.LayerNorm):
+                x = F.layer_norm(x, layer.normalized_shape, eps=layer.eps)
+                if layer.elementwise_affine:
+                    x = x * p[f"net.{i}.weight"].unsqueeze(1) + p[f"net.{i}.bias"].unsqueeze(1)
+            else:  # a parameter-free activation
+                x = layer(x)
+        return x.reshape(self.size, *batch)
+
+    def member(self, j: int, obs: Tensor, act: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``Q_j(s, a)`` of member ``j`` alone (counting from 0): shape ``(batch,)``."""
+        p = dict(self.named_parameters()) if params is None else params
+        return self._call({k: v[j] for k, v in p.items()}, obs, act)
+
+    def q1(self, obs: Tensor, act: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``Q_1(s, a)``, the first member alone (TD3's actor loss)."""
+        return self.member(0, obs, act, params)
+
+    def member_state_dict(self) -> dict[str, Tensor]:
+        """The parameters per member, named as separate critics would be (``q1.net.0.weight``, ...)."""
+        return {f"q{j + 1}.{k}": v[j] for k, v in self.state_dict().items() for j in range(self.size)}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch's hook
+        _stack_member_entries(state_dict, prefix, self.size)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _stack_member_entries(state_dict: dict, prefix: str, members: int) -> None:
+    """Rewrite a former two-module checkpoint (``q1.net.0.weight``, ``q2.net.0.weight``) in place
+    into the stacked layout (``net.0.weight``); a stacked one is left as it is."""
+    legacy = sorted(k for k in state_dict if k.startswith(prefix + "q1."))
+    for key in legacy:
+        name = key[len(prefix) + 3:]
+        parts = [state_dict.pop(f"{prefix}q{j + 1}.{name}", None) for j in range(members)]
+        if any(p is None for p in parts):
+            raise KeyError(f"critic checkpoint: {prefix}q*.{name} is missing for some of the {members} critics")
+        state_dict[prefix + name] = torch.stack(parts)
+
+
+def stack_member_tree(tree: Any, members: int) -> Any:
+    """``tree`` (nested dicts, tuples, lists: e.g. a functional optimizer state) with every dict of
+    former per-critic entries (``q1.net.0.weight``, ``q2.net.0.weight``) stacked (``net.0.weight``)."""
+    if members < 2:
+        return tree
+    if isinstance(tree, Mapping):
+        out = {k: stack_member_tree(v, members) for k, v in tree.items()}
+        _stack_member_entries(out, "", members)
+        return out
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(stack_member_tree(v, members) for v in tree)
+    return tree
+
+
+def stack_member_optimizer_state(state: dict, param_groups: Sequence[Mapping[str, Any]]) -> dict:
+    """A ``torch.optim`` state dict saved over separate critics' parameters (member after member),
+    rewritten for the same optimizer over :class:`CriticEnsemble`'s stacked parameters
+    (``param_groups``: the optimizer's own); any other state is returned as it is."""
+    if len(state.get("param_groups", ())) != 1 or len(param_groups) != 1:
+        return state
+    (group,), params = state["param_groups"], param_groups[0]["params"]
+    saved, n = group["params"], len(params)
+    if n == 0 or len(saved) == n or len(saved) % n:
+        return state
+    members = len(saved) // n
+    if any(p.dim() == 0 or p.shape[0] != members for p in params):
+        return state
+    stacked = {}
+    for i in range(n):
+        entries = [state["state"].get(saved[j * n + i]) for j in range(members)]
+        if any(e is None for e in entries):
+            continue
+        stacked[i] = {k: v if k == "step" else torch.stack([e[k] for e in entries]) for k, v in entries[0].items()}
+    return {"state": stacked, "param_groups": [dict(group, params=list(range(n)))]}
 
 
 class ValueNet(nn.Module):

@@ -63,7 +63,7 @@ class SeedsTrainer:
         if not trainers:
             raise ConfigError("no seeds given")
         try:  # before any run directory is touched
-            check_supported(trainers[0].config.algo, trainers[0].config.agent)
+            check_supported(trainers[0].config.algo)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         seeds = [t.config.seed for t in trainers]

@@ -8,6 +8,7 @@ in the order each module's docstring states.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
 
@@ -58,7 +59,7 @@ def clone_gen(rng: torch.Generator) -> torch.Generator:
 
 
 def min_q(critic, s, a):
-    return torch.minimum(critic.q1(s, a), critic.q2(s, a))
+    return torch.minimum(critic.member(0, s, a), critic.member(1, s, a))
 
 
 def close(x, y, rel=1e-10):
@@ -151,7 +152,7 @@ def test_rebrac_losses_match_hand_computation():
         penalty = ((a2 - batch.next_actions) ** 2).sum(1) * batch.next_action_mask
         y = r + 0.99 * (1 - d) * (min_q(agent.critic_target, s2, a2) - 0.3 * penalty)
     critic = copy.deepcopy(agent.critic)
-    loss = ((critic.q1(s, a) - y) ** 2).mean() + ((critic.q2(s, a) - y) ** 2).mean()
+    loss = ((critic.q1(s, a) - y) ** 2).mean() + ((critic.member(1, s, a) - y) ** 2).mean()
     opt = torch.optim.Adam(critic.parameters(), lr=1e-3)  # ReBRAC's lr
     loss.backward()
     opt.step()
@@ -177,7 +178,7 @@ def test_wpc_losses_match_hand_computation():
     g = clone_gen(agent.rng)
     with torch.no_grad():
         y = r + 0.99 * (1 - d) * min_q(agent.critic_target, s2, td3_next_actions(agent, batch, g))
-        critic_loss = ((agent.critic.q1(s, a) - y) ** 2).mean() + ((agent.critic.q2(s, a) - y) ** 2).mean()
+        critic_loss = ((agent.critic.q1(s, a) - y) ** 2).mean() + ((agent.critic.member(1, s, a) - y) ** 2).mean()
         value_loss = ((agent.value(s) - y) ** 2).mean()
     logs = agent._critic_step(batch)
     assert close(logs["critic_loss"], critic_loss) and close(logs["value_loss"], value_loss)
@@ -201,7 +202,7 @@ def test_a2pr_losses_match_hand_computation():
         a2 = td3_next_actions(agent, batch, g)
         y = r + 0.99 * (1 - d) * min_q(agent.critic_target, s2, a2)
     critic = copy.deepcopy(agent.critic)  # replay the critic's Adam step to get the online critic after it
-    critic_loss = ((critic.q1(s, a) - y) ** 2).mean() + ((critic.q2(s, a) - y) ** 2).mean()
+    critic_loss = ((critic.q1(s, a) - y) ** 2).mean() + ((critic.member(1, s, a) - y) ** 2).mean()
     opt = torch.optim.Adam(critic.parameters(), lr=3e-4)
     critic_loss.backward()
     opt.step()
@@ -238,8 +239,7 @@ def test_a2pr_losses_match_hand_computation():
 def sharpen_iql_critic(agent, batch, scale: float = 60.0) -> None:
     """Spread the advantages and centre them at the cap, so that exp(beta A) is capped for about half the batch."""
     with torch.no_grad():
-        for net in (agent.critic_target.q1, agent.critic_target.q2):
-            net.net[-1].weight.mul_(scale)
+        agent.critic_target.net[-1].weight.mul_(scale)  # both critics' last layers
         adv = min_q(agent.critic_target, batch.observations, batch.actions) - agent.value(batch.observations)
         agent.value.net[-1].bias.add_(adv.median() - math.log(100.0) / agent.config.beta)
 
@@ -270,7 +270,7 @@ def test_iql_losses_match_hand_computation(policy):
 
     with torch.no_grad():
         y = r + 0.99 * (1 - d) * agent.value(s2)
-        critic_loss = 0.5 * (((y - agent.critic.q1(s, a)) ** 2).mean() + ((y - agent.critic.q2(s, a)) ** 2).mean())
+        critic_loss = 0.5 * (((y - agent.critic.q1(s, a)) ** 2).mean() + ((y - agent.critic.member(1, s, a)) ** 2).mean())
     assert close(agent._critic_step(batch)["critic_loss"], critic_loss)
 
 
@@ -331,7 +331,7 @@ def test_cql_losses_match_hand_computation():
         cur, cur_lp = tanh_gaussian_by_hand(agent, s, torch.randn((n, N, ACT), generator=g, dtype=F64))
         nxt, nxt_lp = tanh_gaussian_by_hand(agent, s2, torch.randn((n, N, ACT), generator=g, dtype=F64))
         td, gaps, q_pi = 0.0, [], []
-        for q in (agent.critic.q1, agent.critic.q2):
+        for q in (functools.partial(agent.critic.member, j) for j in (0, 1)):
             q_data = q(s, a)
             td = td + ((q_data - y) ** 2).mean()
             x_rand = torch.stack([q(s, uniform[:, k]) for k in range(N)], 1) - math.log((1 / (2 * MAX)) ** ACT)
@@ -445,10 +445,8 @@ def reference_cql(agent, batch, samples, rho, frozen=None):
     s_rep = s[:, None].expand(-1, 3 * N, -1)
 
     def terms(p, coef):
-        qs = [functional_call(agent.critic.q1, {k[3:]: v for k, v in p.items() if k.startswith("q1.")}, (x, y))
-              for x, y in ((s, a), (s_rep, samples.actions))]  # fmt: skip
-        qs2 = [functional_call(agent.critic.q2, {k[3:]: v for k, v in p.items() if k.startswith("q2.")}, (x, y))
-               for x, y in ((s, a), (s_rep, samples.actions))]  # fmt: skip
+        qs = [agent.critic.member(0, x, y, p) for x, y in ((s, a), (s_rep, samples.actions))]
+        qs2 = [agent.critic.member(1, x, y, p) for x, y in ((s, a), (s_rep, samples.actions))]
         td, gaps, value = 0.0, [], 0.0
         for q_data, q_all in (qs, qs2):
             td = td + ((q_data - samples.y) ** 2).mean()

@@ -41,7 +41,8 @@ def max_rel_diff(ens: SeedEnsemble, agents) -> float:
 
 
 @pytest.mark.parametrize("name, extra", [("td3bc", {"critic": "robust"}), ("aspc", {"constraint": {"every": 2, "lr": 0.05}}),
-                                         ("aspc", {"constraint": {"every": 3, "horizon": 2, "delta_q": "step"}})])  # fmt: skip
+                                         ("aspc", {"constraint": {"every": 3, "horizon": 2, "delta_q": "step"}}),
+                                         ("aspc", {"constraint": {"every": 2, "lr": 0.05}, "outer_batch": "fresh"})])  # fmt: skip
 def test_vmapped_seeds_equal_separate_runs_float64(name, extra):
     batches = seed_batches(200)
     ens = tiny_ensemble(name, **extra)
@@ -100,10 +101,11 @@ def test_nonfinite_is_raised_at_the_log_point_naming_the_seed():
     ens.check_finite()  # reported once: the next check starts afresh (seed 1 stays NaN from here on)
 
 
-def test_checkpoint_of_each_seed_resumes_the_ensemble_exactly():
+@pytest.mark.parametrize("outer_batch", ["same", "fresh"])
+def test_checkpoint_of_each_seed_resumes_the_ensemble_exactly(outer_batch):
     batches = seed_batches(60)
-    ens = tiny_ensemble("aspc", constraint=dict(every=2))
-    for step in batches[:30]:
+    ens = tiny_ensemble("aspc", constraint=dict(every=2), outer_batch=outer_batch)
+    for step in batches[:31]:  # an odd step: with outer_batch="fresh" the next coefficient step needs this batch
         ens.update(step)
     ens.sync_to_agents()
     files = []
@@ -112,13 +114,13 @@ def test_checkpoint_of_each_seed_resumes_the_ensemble_exactly():
         torch.save(agent.state_dict(), buf)
         buf.seek(0)
         files.append(buf)
-    for step in batches[30:]:
+    for step in batches[31:]:
         ens.update(step)
-    resumed = tiny_ensemble("aspc", constraint=dict(every=2))
+    resumed = tiny_ensemble("aspc", constraint=dict(every=2), outer_batch=outer_batch)
     for agent, buf in zip(resumed.agents, files):
         agent.load_state_dict(torch.load(buf, weights_only=True))
     resumed.load_from_agents()
-    for step in batches[30:]:
+    for step in batches[31:]:
         resumed.update(step)
     ens.sync_to_agents()
     assert max_rel_diff(resumed, ens.agents) == 0.0

@@ -97,7 +97,7 @@ class A2PR(TD3BC):
             y = self._td_target(batch, next_actions)
         logs = self._fit_critic(batch, y)
         with torch.no_grad():
-            q_next_online = torch.min(*self.critic(batch.next_observations, next_actions))
+            q_next_online = self.critic(batch.next_observations, next_actions).amin(dim=0)
             y_online = batch.rewards + c.discount * (1.0 - batch.terminals) * q_next_online
             v_target = torch.min(y, y_online)
         v = self.value(obs)

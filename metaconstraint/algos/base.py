@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .. import optim
 from ..batch import Batch
+from ..nets import stack_member_optimizer_state, stack_member_tree
 
 
 @runtime_checkable
@@ -239,11 +240,14 @@ class Checkpointed:
             if isinstance(member, Tensor):
                 with torch.no_grad():
                     member.copy_(state[k])
+            elif isinstance(member, torch.optim.Optimizer):  # an older checkpoint's per-critic state, stacked
+                member.load_state_dict(stack_member_optimizer_state(state[k], member.param_groups))
             else:
                 member.load_state_dict(state[k])
         for k, (opt, module) in self.functional_opt_states.items():
             params = dict(getattr(self, module).named_parameters())
-            setattr(self, k, optim.upgrade_legacy_state(getattr(self, opt), params, state[k]))
+            saved = stack_member_tree(state[k], getattr(getattr(self, module), "size", 1))
+            setattr(self, k, optim.upgrade_legacy_state(getattr(self, opt), params, saved))
         self.num_updates = int(state["num_updates"])
         self.rng.set_state(state["rng"])
         self.finite_guard.reset()

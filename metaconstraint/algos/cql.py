@@ -58,7 +58,7 @@ from torch.func import functional_call
 from .. import optim
 from ..batch import Batch
 from ..constraint import FixedCoefficient, FixedConstraint, Terms, adaptive_constraint
-from ..nets import Critic, TanhGaussianActor, TwinCritic
+from ..nets import Critic, CriticEnsemble, TanhGaussianActor
 from ..data.reference import ANTMAZE_DATASETS
 from .common import BILEVEL_METRICS, LearnedCoefficient, constraint_step
 from .base import AgentBase, init_agent, named_constraint_logs, record_constraint_step, soft_update
@@ -151,7 +151,7 @@ class CQL(AgentBase):
             torch.manual_seed(c.seed)
             self.actor = TanhGaussianActor(obs_dim, act_dim, max_action, c.actor_hidden).to(self.device, dtype)
             hidden = (c.critic_width,) * c.critic_depth
-            self.critic = TwinCritic(Critic(obs_dim, act_dim, hidden), Critic(obs_dim, act_dim, hidden)).to(self.device, dtype)
+            self.critic = CriticEnsemble([Critic(obs_dim, act_dim, hidden) for _ in range(2)]).to(self.device, dtype)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
         self.critic_opt = optim.adam(lr=c.critic_lr)  # functional: cql-adaptive differentiates through it
@@ -199,7 +199,7 @@ class CQL(AgentBase):
             ent_loss.backward()
             self.entropy_opt.step()
         frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
-        q = torch.min(*functional_call(self.critic, frozen, (obs, actions)))
+        q = self.critic(obs, actions, frozen).amin(dim=0)
         loss = (alpha_ent * log_pi - q).mean()
         self.finite_guard.record("actor loss", loss)
         self.actor_opt.zero_grad(set_to_none=True)
@@ -214,7 +214,7 @@ class CQL(AgentBase):
         obs, next_obs = batch.observations, batch.next_observations
         b, n, d = obs.shape[0], c.num_samples, self.act_dim
         next_a, next_log_pi = self.actor.sample(next_obs, self._normal(b, d))
-        target_q = torch.min(*self.critic_target(next_obs, next_a))
+        target_q = self.critic_target(next_obs, next_a).amin(dim=0)
         if c.backup_entropy:
             target_q = target_q - self.entropy_alpha() * next_log_pi
         y = batch.rewards + c.discount * (1.0 - batch.terminals) * target_q
@@ -236,9 +236,9 @@ class CQL(AgentBase):
         alpha_prime = self.alpha_prime() if c.lagrange else None
 
         def objective(params: Mapping[str, Tensor], alpha_cql: Tensor) -> Terms:
-            q1, q2 = functional_call(self.critic, params, (obs, act))
+            q1, q2 = self.critic(obs, act, params)
             td = F.mse_loss(q1, samples.y) + F.mse_loss(q2, samples.y)
-            s1, s2 = functional_call(self.critic, params, (obs_rep, samples.actions))  # (B, 3N) each
+            s1, s2 = self.critic(obs_rep, samples.actions, params)  # (B, 3N) each
             gaps = [
                 c.temperature * torch.logsumexp((s - samples.log_density) / c.temperature, dim=1) - q
                 for s, q in ((s1, q1), (s2, q2))

@@ -39,15 +39,13 @@ from .capture import capture, counts_as_ints, counts_as_tensors
 SUPPORTED = ("td3bc", "aspc")
 
 
-def check_supported(name: str, config: Any) -> None:
-    """Refuse, with a message, an algorithm or setting several seeds in one process cannot train."""
+def check_supported(name: str) -> None:
+    """Refuse, with a message, an algorithm several seeds in one process cannot train."""
     if name not in SUPPORTED:
         raise ValueError(
             f"several seeds in one process exist for {', '.join(SUPPORTED)}, not '{name}'; run its seeds as "
             "separate runs (metaconstraint sweep --seeds ... runs them in parallel)"
         )
-    if getattr(config, "outer_batch", "same") != "same":
-        raise ValueError("outer_batch=fresh is not available with several seeds in one process")
 
 
 def vmap_tree(fn: Callable[..., Any], *args: Any) -> Any:
@@ -106,7 +104,7 @@ class SeedEnsemble:
         from . import make
 
         seeds = [int(s) for s in seeds]
-        check_supported(name, None)
+        check_supported(name)
         agents = [make(name, obs_dim, act_dim, max_action, device=device, dtype=dtype, seed=s, **overrides) for s in seeds]
         self._setup(agents, compile)
 
@@ -123,7 +121,7 @@ class SeedEnsemble:
         if not agents or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
         first = agents[0]
-        check_supported(first.name, first.config)
+        check_supported(first.name)
         if any(a.name != first.name for a in agents):
             raise ValueError("several seeds in one process train one algorithm at a time")
         self.name, self.seeds, self.agents, self.compiled = first.name, seeds, agents, compile
@@ -131,7 +129,7 @@ class SeedEnsemble:
         self.coefficient_name = first.coefficient_name
         # torch.optim.Adam's update as a pure function (eps inside the root off, as torch has it)
         self.critic_opt = optim.adam(lr=self.config.critic_lr, eps_root=0.0)
-        self._steps: dict[tuple[bool, bool], Callable[..., Any]] = {}  # one (captured) update per kind
+        self._steps: dict[tuple[bool, bool, bool], Callable[..., Any]] = {}  # one (captured) update per kind
         self.load_from_agents()
 
     # -- stacking ---------------------------------------------------------------------------------
@@ -157,6 +155,8 @@ class SeedEnsemble:
         if self.adaptive:
             self.state["coef"] = _stack([a.constraint.state for a in agents])
             self.inner_steps = agents[0].constraint.inner_steps
+        fresh = [getattr(a, "_fresh_batch", None) for a in agents]  # ASPC outer_batch="fresh": the last batch
+        self.outer_batch = None if any(b is None for b in fresh) else _stack(fresh)
         if self.compiled:
             self.state, self._count_positions = counts_as_tensors(self.state, len(agents), self.device, self.dtype)
         quantities = ("critic loss", "actor loss", f"{self.coefficient_name} hypergradient")
@@ -193,6 +193,8 @@ class SeedEnsemble:
                 agent.constraint.coefficient.load_rho_and_state(coef.rho, coef.opt_state)
                 agent.constraint.memory = {k: v.clone() for k, v in coef.memory.items()}
                 agent.constraint.inner_steps = self.inner_steps
+            if self.outer_batch is not None:
+                agent._fresh_batch = _member(self.outer_batch, i)
             agent.num_updates = self.num_updates
 
     # -- the update -------------------------------------------------------------------------------
@@ -212,16 +214,22 @@ class SeedEnsemble:
             coef_step = (self.inner_steps + 1) % self.agents[0].constraint.config.every == 0
             self.inner_steps += 1
         batch = Batch(*(torch.stack(column) for column in zip(*batches)))
-        kind = (actor_step, coef_step)
+        outer = self.outer_batch if coef_step else None  # outer_batch="fresh": the previous update's batch
+        kind = (actor_step, coef_step, outer is not None)
         if kind not in self._steps:
             step = functools.partial(self._update_all, actor_step=actor_step, coef_step=coef_step)
             self._steps[kind] = capture(step, self.device) if self.compiled else step
-        self.state, logs = self._steps[kind](self.state, batch, noise)
+        self.state, logs = self._steps[kind](self.state, batch, noise, outer)
+        if getattr(self.config, "outer_batch", "same") == "fresh":
+            self.outer_batch = batch
         return logs
 
-    def _update_all(self, state: dict[str, Any], batch: Batch, noise: Tensor, actor_step: bool, coef_step: bool):
+    def _update_all(self, state: dict[str, Any], batch: Batch, noise: Tensor, outer: Batch | None, actor_step: bool,
+                    coef_step: bool):
         """Every seed's update (one ``vmap``) and the record of its non-finite values, pure but for the record."""
-        state, logs = vmap_tree(lambda s, b, n: self._update_one(s, b, n, actor_step, coef_step), state, batch, noise)
+        state, logs = vmap_tree(
+            lambda s, b, n, o: self._update_one(s, b, n, o, actor_step, coef_step), state, batch, noise, outer
+        )
         self.finite_guard.record("critic loss", logs["critic_loss"])
         if "actor_loss" in logs:
             record_constraint_step(
@@ -236,8 +244,10 @@ class SeedEnsemble:
         call at log points)."""
         self.finite_guard.check(self.num_updates, labels=self.seeds)
 
-    def _update_one(self, state: dict[str, Any], batch: Batch, noise: Tensor, actor_step: bool, coef_step: bool):
-        """TD3+BC's update (critic, then actor and targets every ``policy_freq``) for one seed, pure."""
+    def _update_one(self, state: dict[str, Any], batch: Batch, noise: Tensor, outer: Batch | None, actor_step: bool,
+                    coef_step: bool):
+        """TD3+BC's update (critic, then actor and targets every ``policy_freq``) for one seed, pure. ``outer``: the
+        batch ASPC's outer loss judges the lookahead on (``outer_batch="fresh"``), or ``None`` for the step's own."""
         c, agent = self.config, self.agents[0]  # agent: the network modules and settings, not its tensors
         max_a = self.max_action
         s, a = batch.observations, batch.actions
@@ -245,11 +255,11 @@ class SeedEnsemble:
             smoothing = (noise * c.policy_noise * max_a).clamp(-c.noise_clip * max_a, c.noise_clip * max_a)
             next_a = (functional_call(agent.actor, state["actor_target"], (batch.next_observations,)) + smoothing)
             next_a = next_a.clamp(-max_a, max_a)
-            target_q = torch.min(*functional_call(agent.critic, state["critic_target"], (batch.next_observations, next_a)))
+            target_q = agent.critic(batch.next_observations, next_a, state["critic_target"]).amin(dim=0)
             y = batch.rewards + c.discount * (1.0 - batch.terminals) * target_q
 
         def critic_loss(p: dict[str, Tensor]) -> Tensor:
-            q1, q2 = functional_call(agent.critic, p, (s, a))
+            q1, q2 = agent.critic(s, a, p)
             return F.mse_loss(q1, y) + F.mse_loss(q2, y)
 
         critic = hypergrad.step(critic_loss, state["critic"], self.critic_opt, state["critic_opt"])
@@ -259,8 +269,9 @@ class SeedEnsemble:
             return new, logs
         objective = agent.actor_objective(batch, critic_params=critic.params)
         if coef_step:
+            outer_objective = None if outer is None else agent.actor_objective(outer, critic_params=critic.params)
             new["coef"], result = agent.constraint.coefficient_step(
-                objective, state["actor"], agent.actor_opt, state["actor_opt"], state["coef"]
+                objective, state["actor"], agent.actor_opt, state["actor_opt"], state["coef"], outer_objective
             )
         else:
             coef = F.softplus(state["coef"].rho) if self.adaptive else agent.constraint.value()

@@ -43,7 +43,7 @@ from torch.func import functional_call
 from .. import optim
 from ..batch import Batch
 from ..constraint import FixedCoefficient, FixedConstraint, Terms, adaptive_constraint
-from ..nets import Actor, Critic, GaussianActor, TwinCritic, ValueNet, gaussian_log_prob
+from ..nets import Actor, Critic, CriticEnsemble, GaussianActor, ValueNet, gaussian_log_prob
 from ..data.reference import ANTMAZE_DATASETS
 from .common import BILEVEL_METRICS, LearnedCoefficient, constraint_step
 from .base import AgentBase, init_agent, named_constraint_logs, record_constraint_step, soft_update
@@ -139,7 +139,7 @@ class IQL(AgentBase):
                 self.actor = Actor(obs_dim, act_dim, max_action, c.actor_hidden)
             self.actor.to(self.device, dtype)
             hidden = (c.critic_width,) * c.critic_depth
-            self.critic = TwinCritic(Critic(obs_dim, act_dim, hidden), Critic(obs_dim, act_dim, hidden)).to(self.device, dtype)
+            self.critic = CriticEnsemble([Critic(obs_dim, act_dim, hidden) for _ in range(2)]).to(self.device, dtype)
             self.value = ValueNet(obs_dim, c.value_hidden).to(self.device, dtype)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
@@ -168,7 +168,7 @@ class IQL(AgentBase):
 
     def _value_step(self, batch: Batch) -> dict[str, Tensor]:
         with torch.no_grad():
-            q = torch.min(*self.critic_target(batch.observations, batch.actions))
+            q = self.critic_target(batch.observations, batch.actions).amin(dim=0)
         u = q - self.value(batch.observations)
         loss = ((self.config.expectile - (u < 0).to(u.dtype)).abs() * u.pow(2)).mean()
         self.finite_guard.record("value loss", loss)
@@ -195,7 +195,7 @@ class IQL(AgentBase):
     def advantages(self, batch: Batch) -> Tensor:
         """``min_j Q'_j(s, a) - V(s)`` (no gradient)."""
         with torch.no_grad():
-            return torch.min(*self.critic_target(batch.observations, batch.actions)) - self.value(batch.observations)
+            return self.critic_target(batch.observations, batch.actions).amin(dim=0) - self.value(batch.observations)
 
     def actor_objective(self, batch: Batch):
         """``objective(actor_params, beta) -> Terms``: advantage-weighted regression on this batch."""
@@ -211,7 +211,7 @@ class IQL(AgentBase):
             else:
                 nll = -gaussian_log_prob(mean, log_std, act)
             weight = torch.exp(torch.clamp(beta * adv, max=log_cap))
-            q = torch.min(*self.critic_target(obs, mean))
+            q = self.critic_target(obs, mean).amin(dim=0)
             bc = (mean - act).pow(2).mean(dim=1)
             return Terms(loss=(weight * nll).mean(), value=q.mean(), constraint=bc, aux=stats)
 

@@ -100,7 +100,7 @@ class ReBRAC(TD3BC):
 
         def objective(params: Mapping[str, Tensor], beta1: Tensor) -> Terms:
             pi = functional_call(self.actor, params, (obs,))
-            q = torch.min(*self.critic(obs, pi))
+            q = self.critic(obs, pi).amin(dim=0)
             lam = alpha / q.abs().mean().detach()
             bc = (pi - act).pow(2).sum(dim=1)
             return Terms(loss=beta1 * bc.mean() - lam * q.mean(), value=q.mean(), constraint=bc)

@@ -23,7 +23,7 @@ from torch.func import functional_call
 from .. import optim
 from ..batch import Batch
 from ..constraint import FixedCoefficient, FixedConstraint, Terms
-from ..nets import Actor, TwinCritic, make_critic
+from ..nets import Actor, CriticEnsemble, make_critic
 from .base import AgentBase, init_agent, named_constraint_logs, record_constraint_step, soft_update
 
 
@@ -80,9 +80,8 @@ class TD3BC(AgentBase):
         with torch.random.fork_rng(devices=[]):  # reproducible init without touching global RNG
             torch.manual_seed(c.seed)
             self.actor = Actor(obs_dim, act_dim, max_action, c.actor_hidden).to(self.device, dtype)
-            self.critic = TwinCritic(
-                make_critic(c.critic, obs_dim, act_dim, c.critic_width, c.critic_depth),
-                make_critic(c.critic, obs_dim, act_dim, c.critic_width, c.critic_depth),
+            self.critic = CriticEnsemble(
+                [make_critic(c.critic, obs_dim, act_dim, c.critic_width, c.critic_depth) for _ in range(2)]
             ).to(self.device, dtype)
             self._make_extra_networks()
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
@@ -130,7 +129,7 @@ class TD3BC(AgentBase):
 
     def _td_target(self, batch: Batch, next_actions: Tensor) -> Tensor:
         """``y = r + gamma (1 - d) min_j Q'_j(s', a')`` (subclasses add penalties, e.g. ReBRAC)."""
-        target_q = torch.min(*self.critic_target(batch.next_observations, next_actions))
+        target_q = self.critic_target(batch.next_observations, next_actions).amin(dim=0)
         return batch.rewards + self.config.discount * (1.0 - batch.terminals) * target_q
 
     def _fit_critic(self, batch: Batch, y: Tensor) -> dict[str, Tensor]:
@@ -150,14 +149,10 @@ class TD3BC(AgentBase):
         critic's own; :class:`~metaconstraint.algos.ensemble.SeedEnsemble` passes each seed's).
         """
         obs, act = batch.observations, batch.actions
-        q1 = self.critic.q1
-        q1_params = None if critic_params is None else {
-            k.removeprefix("q1."): v for k, v in critic_params.items() if k.startswith("q1.")
-        }  # fmt: skip
 
         def objective(params: Mapping[str, Tensor], alpha: Tensor) -> Terms:
             pi = functional_call(self.actor, params, (obs,))
-            q = q1(obs, pi) if q1_params is None else functional_call(q1, q1_params, (obs, pi))
+            q = self.critic.q1(obs, pi, critic_params)
             lam = alpha / q.abs().mean().detach()
             bc = (pi - act).pow(2).mean(dim=1)
             return Terms(loss=-lam * q.mean() + bc.mean(), value=q.mean(), constraint=bc)

@@ -71,7 +71,8 @@ def trajectory(case: str) -> dict[str, np.ndarray]:
     for part in ("actor", "critic", "value", "vae", "actor_target", "critic_target"):
         module = getattr(agent, part, None)
         if isinstance(module, torch.nn.Module):
-            rec.update({f"{part}.{k}": v.detach().numpy().copy() for k, v in module.state_dict().items()})
+            state = module.member_state_dict() if hasattr(module, "member_state_dict") else module.state_dict()
+            rec.update({f"{part}.{k}": v.detach().numpy().copy() for k, v in state.items()})
     return rec
 
 
