@@ -67,3 +67,32 @@ def test_the_committed_screening_runs_are_runs_of_the_spec_and_its_report_is_wha
         assert have == {k: want[k] for k in have}, name
     text = report_markdown(RESULTS, title="Issue 14: does alpha learn the data's quality? (screening)", per_seed=True)
     assert text == (RESULTS / "report.md").read_text()
+
+
+def test_alpha_terms_splits_the_hypergradient_into_the_outer_terms(tmp_path):
+    """experiments/alpha_terms.py on a tiny ASPC run: per horizon, the three terms' hypergradients add up to the full
+    outer loss's on every batch (the script stops otherwise), L2 and L3 are not zero after training, and a longer
+    lookahead gives another hypergradient."""
+    import importlib.util
+
+    from metaconstraint import cli
+
+    from .test_cli import tiny_train_args
+    from .test_training import write_tiny_npz
+
+    data = write_tiny_npz(tmp_path / "tiny.npz")
+    run_dir = tmp_path / "run"
+    assert cli.main([str(a) for a in tiny_train_args(data, run_dir, "aspc", steps=120)]) == 0
+    spec = importlib.util.spec_from_file_location("alpha_terms", ROOT / "experiments" / "alpha_terms.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (result,) = [module.term_hypergradients(run_dir, [1, 3], batches=3, checkpoint=None, seed=0)]
+    assert result["step"] == 120 and set(result["horizons"]) == {"1", "3"}
+    for h, grads in result["horizons"].items():
+        for i in range(3):
+            parts = sum(grads[t][i] for t in ("L1", "L2", "L3"))
+            assert abs(parts - grads["all"][i]) <= 1e-3 * max(1.0, abs(grads["all"][i])), (h, i)
+        assert any(g != 0.0 for g in grads["L1"]) and any(g != 0.0 for g in grads["L2"])
+    assert result["horizons"]["1"]["all"] != result["horizons"]["3"]["all"]
+    text = module.table([result])
+    assert text.count("\n") == 3 and "| run |" in text.splitlines()[0]
