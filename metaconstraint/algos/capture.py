@@ -28,6 +28,9 @@ from ..batch import Batch
 def capture(fn: Callable[..., Any], device: torch.device | str) -> Callable[..., Any]:
     """``fn`` compiled whole: CUDA graphs on a CUDA device, the default ``torch.compile`` mode elsewhere."""
     cuda = torch.device(device).type == "cuda"
+    # every captured update compiles the same code object (a partial of one update function) with other
+    # settings; dynamo's default of 8 per code object is too few for a process that captures several agents
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     compiled = torch.compile(fn, mode="reduce-overhead" if cuda else None, fullgraph=True, dynamic=False)
     if not cuda:
         return compiled
