@@ -325,7 +325,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, prefix: str =
         refs = {r.dataset: r.summary.get(ref_key) for r in runs if r.summary.get(ref_key) is not None}
         for i, (name, value) in enumerate(sorted(refs.items())):
             ax.axhline(value, color="0.4", ls="--", lw=1,
-                       label=f"dataset's episodes (mean)" if len(refs) == 1 else f"{name} episodes (mean)")
+                       label="dataset's episodes (mean)" if len(refs) == 1 else f"{name} episodes (mean)")
         ax.set_ylabel("normalised score" if has_score else "return (no reference scores)")
         ax.set_title("evaluation: normalised score vs step" if has_score else "evaluation: return vs step")
         if drew:

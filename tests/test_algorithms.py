@@ -21,7 +21,6 @@ from torch.func import functional_call
 
 import metaconstraint as mc
 from metaconstraint.batch import Batch
-from metaconstraint.constraint import inverse_softplus
 
 from .pendulum_data import make_dataset
 

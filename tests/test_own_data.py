@@ -4,7 +4,6 @@ preset line."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import h5py

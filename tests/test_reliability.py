@@ -27,7 +27,6 @@ from metaconstraint.rundir import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    save_checkpoint,
 )
 from metaconstraint.training import Trainer
 from tests.test_cli import main, tiny_train_args

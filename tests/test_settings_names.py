@@ -22,7 +22,7 @@ from metaconstraint.constraint import AdaptiveConstraintConfig, ConstraintSettin
 from metaconstraint.sweep import _check_existing, load_spec, plan
 from metaconstraint.rundir import list_checkpoints, load_checkpoint, save_checkpoint
 from metaconstraint.training import Trainer
-from tests.test_training import flat_tensors, metric_rows, run, tiny_config, write_tiny_npz
+from tests.test_training import flat_tensors, metric_rows, run, write_tiny_npz
 
 ROOT = Path(__file__).resolve().parent.parent
 LEARNED = ("aspc", "iql-adaptive", "cql-adaptive", "rebrac-adaptive")

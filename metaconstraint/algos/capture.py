@@ -19,10 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
-
-from ..batch import Batch
 
 
 def capture(fn: Callable[..., Any], device: torch.device | str) -> Callable[..., Any]:

@@ -53,7 +53,6 @@ from typing import Any, Mapping, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call
 
 from .. import optim
 from ..batch import Batch

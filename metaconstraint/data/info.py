@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from .builtin import BUILTIN
 from .transitions import Transitions
