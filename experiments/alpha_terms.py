@@ -11,6 +11,14 @@ The three terms' hypergradients add up to the full outer loss's (the script chec
         --out experiments/results/alpha_confirm/terms.json
 
 Needs the runs' checkpoints (they are not committed: run the sweep first). Prints a markdown table.
+
+--trace SPEC --variant NAME --seed-of-run S instead re-trains that variant's runs of a sweep spec (the same configuration, data,
+sampler and seed as the sweep's run; evaluation off) and records, at every alpha update of the run, each term's
+hypergradient at exactly the state, batch and lookahead that update uses. The JSON per dataset goes to --out-dir, with a
+table of each term's net push on alpha over the run and a figure of the cumulative pushes:
+
+    python experiments/alpha_terms.py --trace experiments/alpha_study.yaml --variant aspc-lr --seed-of-run 0 \
+        --out-dir experiments/results/alpha_study/terms
 """
 
 from __future__ import annotations
@@ -63,6 +71,98 @@ def term_hypergradients(run_dir: Path, horizons: list[int], batches: int, checkp
     return out
 
 
+def trace_run(config: Any, run_dir: Path) -> dict[str, Any]:
+    """Train ``config`` (a RunConfig) into ``run_dir`` and record each outer term's hypergradient at every alpha update."""
+    from metaconstraint.constraint.bilevel import AdaptiveConstraint, ASPCOuter
+    from metaconstraint.training import Trainer
+
+    trainer = Trainer(config, run_dir, progress=False, echo=None, plots=False, tensorboard=False)
+    trainer.setup()
+    agent = trainer.agent
+    con = agent.constraint
+    probes = {t: AdaptiveConstraint(con.config, None, agent.device, agent.dtype,
+                                    outer=ASPCOuter((t,), con.outer.delta_q, con.outer.ema_decay)) for t in TERMS}
+    rows: list[dict[str, float]] = []
+    step = con.coefficient_step
+
+    def traced(objective, params, opt, opt_state, state, outer_objective=None):  # noqa: ANN001 - the step's own
+        new, result = step(objective, params, opt, opt_state, state, outer_objective)
+        row = {"update": agent.num_updates, "alpha": float(torch.nn.functional.softplus(state.rho)),
+               "all": float(result.logs["hypergrad"])}
+        for t, probe in probes.items():
+            row[t] = float(probe.hypergradient(objective, params, opt, opt_state, state, outer_objective).grads["rho"])
+        rows.append(row)
+        return new, result
+
+    con.coefficient_step = traced
+    result = trainer.train()
+    return {"dataset": config.dataset, "seed": config.seed, "steps": config.steps, "alpha_end": float(con.value()),
+            "status": result.status, "rows": rows}
+
+
+def trace_table(traces: list[dict[str, Any]]) -> str:
+    """Per dataset: each term's net push on alpha over the run (minus the sum of its hypergradients; > 0: up)."""
+    head = ["dataset", "final alpha", *(f"push of {t}" for t in TERMS), "push, all", "terms that push up (share of updates)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for tr in traces:
+        rows = tr["rows"]
+        push = {k: -sum(r[k] for r in rows) for k in (*TERMS, "all")}
+        up = {t: sum(r[t] < 0 for r in rows) / len(rows) for t in TERMS}
+        lines.append("| " + " | ".join([tr["dataset"].split("/")[-1], f"{tr['alpha_end']:.3g}",
+                                          *(f"{push[t]:+.3g}" for t in TERMS), f"{push['all']:+.3g}",
+                                          ", ".join(f"{t} {up[t]:.0%}" for t in TERMS)]) + " |")
+    return "\n".join(lines)
+
+
+def trace_figure(traces: list[dict[str, Any]], path: Path) -> None:
+    """Cumulative push of each term on alpha over the run, one panel per dataset, alpha on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(traces), figsize=(3.2 * len(traces), 3.0), squeeze=False)
+    for ax, tr in zip(axes[0], traces):
+        steps = [r["update"] for r in tr["rows"]]
+        for t in (*TERMS, "all"):
+            total, cum = 0.0, []
+            for r in tr["rows"]:
+                total -= r[t]
+                cum.append(total)
+            ax.plot(steps, cum, label=t, lw=2.0 if t == "all" else 1.0, color="k" if t == "all" else None)
+        ax.axhline(0.0, color="grey", lw=0.5)
+        ax.set_title(f"{tr['dataset'].split('/')[-1]} (alpha {tr['alpha_end']:.2g} at the end)", fontsize=8)
+        ax.set_xlabel("update", fontsize=8)
+        twin = ax.twinx()
+        twin.plot(steps, [r["alpha"] for r in tr["rows"]], color="grey", ls="--", lw=0.8)
+        twin.tick_params(labelsize=6)
+        ax.tick_params(labelsize=6)
+    axes[0][0].set_ylabel("cumulative push on alpha (-sum of d term / d rho)", fontsize=7)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def trace_spec(spec_path: str, variant: str, seed: int, out_dir: Path, work: Path) -> list[dict[str, Any]]:
+    """Trace every dataset of ``variant``'s runs of seed ``seed`` in a sweep spec."""
+    from metaconstraint.config import run_config_from_dict
+    from metaconstraint.sweep import load_spec, plan
+
+    runs = [r for r in plan(load_spec(spec_path)) if r.name.split("/")[0] == variant and r.config["seed"] == seed]
+    if not runs:
+        raise SystemExit(f"alpha_terms: no runs of variant '{variant}' with seed {seed} in {spec_path}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    traces = []
+    for r in runs:
+        config = run_config_from_dict({**r.config, "eval_every": 0})
+        trace = trace_run(config, work / r.run_dir.name)
+        (out_dir / f"{r.run_dir.name}.json").write_text(json.dumps(trace) + "\n")
+        print(f"{r.run_dir.name}: {len(trace['rows'])} alpha updates, alpha {trace['alpha_end']:.3g}", flush=True)
+        traces.append(trace)
+    return traces
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Mean hypergradient per term (and the share of batches on which it pushes alpha up), per run and horizon."""
     head = ["run", "dataset", "final alpha", "horizon", *(f"d{t}/d rho" for t in TERMS), "total", "pushes alpha"]
@@ -80,15 +180,33 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="ASPC run directories")
+    ap.add_argument("runs", nargs="*", help="ASPC run directories")
+    ap.add_argument("--trace", metavar="SPEC", help="re-train a sweep spec's variant and trace every alpha update")
+    ap.add_argument("--variant", help="with --trace: the variant (config name) to trace")
+    ap.add_argument("--out-dir", type=Path, help="with --trace: where the traces, table and figure go")
     ap.add_argument("--horizons", default="1,20", help="actor steps of the lookahead, comma-separated (default 1,20)")
     ap.add_argument("--batches", type=int, default=16, help="batches per run (default 16)")
     ap.add_argument("--checkpoint", type=int, default=None, help="the checkpoint's step (default: the newest)")
     ap.add_argument("--seed", type=int, default=12345, help="seed of the batches drawn")
+    ap.add_argument("--seed-of-run", type=int, default=0, help="with --trace: the runs' seed")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="also write the per-batch hypergradients as JSON here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.trace:
+        if not (a.variant and a.out_dir):
+            ap.error("--trace needs --variant and --out-dir")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as work:
+            traces = trace_spec(a.trace, a.variant, a.seed_of_run, a.out_dir, Path(work))
+        text = trace_table(traces)
+        (a.out_dir / "table.md").write_text(text + "\n")
+        trace_figure(traces, a.out_dir / "pushes.png")
+        print(text)
+        return 0
+    if not a.runs:
+        ap.error("give run directories, or --trace SPEC")
     horizons = [int(h) for h in a.horizons.split(",")]
     results = [term_hypergradients(Path(d), horizons, a.batches, a.checkpoint, a.seed) for d in a.runs]
     print(table(results))

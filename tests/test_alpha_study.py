@@ -96,3 +96,26 @@ def test_alpha_terms_splits_the_hypergradient_into_the_outer_terms(tmp_path):
     assert result["horizons"]["1"]["all"] != result["horizons"]["3"]["all"]
     text = module.table([result])
     assert text.count("\n") == 3 and "| run |" in text.splitlines()[0]
+
+
+def test_alpha_terms_trace_records_every_alpha_update_without_changing_the_run(tmp_path):
+    """--trace: one row per alpha update with each term's hypergradient (adding up to the update's own), and the traced
+    run ends where the same run without the trace does."""
+    import importlib.util
+
+    from .test_training import run, tiny_config, write_tiny_npz
+
+    data = write_tiny_npz(tmp_path / "tiny.npz")
+    spec = importlib.util.spec_from_file_location("alpha_terms", ROOT / "experiments" / "alpha_terms.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = tiny_config(data, steps=120, eval_every=0)
+    trace = module.trace_run(config, tmp_path / "traced")
+    _, plain = run(tiny_config(data, steps=120, eval_every=0), tmp_path / "plain")
+    every, policy_freq = config.agent.constraint.every, config.agent.policy_freq
+    assert [r["update"] for r in trace["rows"]] == list(range(every * policy_freq, 121, every * policy_freq))
+    assert trace["alpha_end"] == plain.summary["coef_end"] != 2.5
+    for r in trace["rows"]:
+        assert abs(r["L1"] + r["L2"] + r["L3"] - r["all"]) <= 1e-3 * max(1.0, abs(r["all"]))
+    table = module.trace_table([trace]).splitlines()
+    assert len(table) == 3 and table[2].startswith(f"| {Path(trace['dataset']).name} | ")
