@@ -84,13 +84,22 @@ def trace_run(config: Any, run_dir: Path) -> dict[str, Any]:
                                     outer=ASPCOuter((t,), con.outer.delta_q, con.outer.ema_decay)) for t in TERMS}
     rows: list[dict[str, float]] = []
     step = con.coefficient_step
+    beta1 = con.coefficient.betas[0]
+    momentum = {t: 0.0 for t in TERMS}  # Adam's first moment, split by term (it is linear in the gradients)
 
     def traced(objective, params, opt, opt_state, state, outer_objective=None):  # noqa: ANN001 - the step's own
         new, result = step(objective, params, opt, opt_state, state, outer_objective)
         row = {"update": agent.num_updates, "alpha": float(torch.nn.functional.softplus(state.rho)),
-               "all": float(result.logs["hypergrad"])}
+               "all": float(result.logs["hypergrad"]), "d_rho": float(new.rho - state.rho)}
         for t, probe in probes.items():
             row[t] = float(probe.hypergradient(objective, params, opt, opt_state, state, outer_objective).grads["rho"])
+            momentum[t] = beta1 * momentum[t] + (1.0 - beta1) * row[t]
+        # Adam's step on rho is -lr * m_hat / (sqrt(v_hat) + eps), linear in m = sum of the terms' moments: each term's
+        # share of this update's change of rho is d_rho * m_term / m (exact, whatever lr, v and eps were)
+        m = float(new.opt_state[1]["mu"]["rho"])
+        row["m_error"] = abs(sum(momentum.values()) - m) / max(abs(m), 1e-12)
+        for t in TERMS:
+            row[f"d_rho_{t}"] = row["d_rho"] * momentum[t] / m if m != 0.0 else 0.0
         rows.append(row)
         return new, result
 
@@ -101,21 +110,24 @@ def trace_run(config: Any, run_dir: Path) -> dict[str, Any]:
 
 
 def trace_table(traces: list[dict[str, Any]]) -> str:
-    """Per dataset: each term's net push on alpha over the run (minus the sum of its hypergradients; > 0: up)."""
-    head = ["dataset", "final alpha", *(f"push of {t}" for t in TERMS), "push, all", "terms that push up (share of updates)"]
+    """Per dataset: how far each term moved rho = softplus^-1(alpha) over the run (its share of every Adam step, summed;
+    the shares add up to rho's whole change), and on how many updates its hypergradient pushed alpha up."""
+    head = ["dataset", "alpha start -> end", "change of rho", *(f"by {t}" for t in TERMS),
+            "updates on which the term pushes alpha up"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for tr in traces:
         rows = tr["rows"]
-        push = {k: -sum(r[k] for r in rows) for k in (*TERMS, "all")}
+        moved = {t: sum(r[f"d_rho_{t}"] for r in rows) for t in TERMS}
         up = {t: sum(r[t] < 0 for r in rows) / len(rows) for t in TERMS}
-        lines.append("| " + " | ".join([tr["dataset"].split("/")[-1], f"{tr['alpha_end']:.3g}",
-                                          *(f"{push[t]:+.3g}" for t in TERMS), f"{push['all']:+.3g}",
+        lines.append("| " + " | ".join([tr["dataset"].split("/")[-1], f"{rows[0]['alpha']:.3g} -> {tr['alpha_end']:.3g}",
+                                          f"{sum(r['d_rho'] for r in rows):+.3g}", *(f"{moved[t]:+.3g}" for t in TERMS),
                                           ", ".join(f"{t} {up[t]:.0%}" for t in TERMS)]) + " |")
     return "\n".join(lines)
 
 
 def trace_figure(traces: list[dict[str, Any]], path: Path) -> None:
-    """Cumulative push of each term on alpha over the run, one panel per dataset, alpha on a second axis."""
+    """How far each term has moved rho so far (cumulative share of the Adam steps), one panel per dataset, alpha on a
+    second axis (dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,12 +136,12 @@ def trace_figure(traces: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(traces), figsize=(3.2 * len(traces), 3.0), squeeze=False)
     for ax, tr in zip(axes[0], traces):
         steps = [r["update"] for r in tr["rows"]]
-        for t in (*TERMS, "all"):
+        for t in (*TERMS, ""):
             total, cum = 0.0, []
             for r in tr["rows"]:
-                total -= r[t]
+                total += r[f"d_rho_{t}" if t else "d_rho"]
                 cum.append(total)
-            ax.plot(steps, cum, label=t, lw=2.0 if t == "all" else 1.0, color="k" if t == "all" else None)
+            ax.plot(steps, cum, label=t or "all", lw=2.0 if not t else 1.0, color="k" if not t else None)
         ax.axhline(0.0, color="grey", lw=0.5)
         ax.set_title(f"{tr['dataset'].split('/')[-1]} (alpha {tr['alpha_end']:.2g} at the end)", fontsize=8)
         ax.set_xlabel("update", fontsize=8)
@@ -137,19 +149,21 @@ def trace_figure(traces: list[dict[str, Any]], path: Path) -> None:
         twin.plot(steps, [r["alpha"] for r in tr["rows"]], color="grey", ls="--", lw=0.8)
         twin.tick_params(labelsize=6)
         ax.tick_params(labelsize=6)
-    axes[0][0].set_ylabel("cumulative push on alpha (-sum of d term / d rho)", fontsize=7)
+    axes[0][0].set_ylabel("change of rho = softplus^-1(alpha) so far, by term", fontsize=7)
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def trace_spec(spec_path: str, variant: str, seed: int, out_dir: Path, work: Path) -> list[dict[str, Any]]:
-    """Trace every dataset of ``variant``'s runs of seed ``seed`` in a sweep spec."""
+def trace_spec(spec_path: str, variant: str, seed: int, out_dir: Path, work: Path,
+               datasets: list[str] | None = None) -> list[dict[str, Any]]:
+    """Trace every dataset (or those named in ``datasets``) of ``variant``'s runs of seed ``seed`` in a sweep spec."""
     from metaconstraint.config import run_config_from_dict
     from metaconstraint.sweep import load_spec, plan
 
-    runs = [r for r in plan(load_spec(spec_path)) if r.name.split("/")[0] == variant and r.config["seed"] == seed]
+    runs = [r for r in plan(load_spec(spec_path)) if r.name.split("/")[0] == variant and r.config["seed"] == seed
+            and (datasets is None or r.config["dataset"] in datasets)]
     if not runs:
         raise SystemExit(f"alpha_terms: no runs of variant '{variant}' with seed {seed} in {spec_path}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", metavar="SPEC", help="re-train a sweep spec's variant and trace every alpha update")
     ap.add_argument("--variant", help="with --trace: the variant (config name) to trace")
     ap.add_argument("--out-dir", type=Path, help="with --trace: where the traces, table and figure go")
+    ap.add_argument("--datasets", help="with --trace: only these datasets of the spec, comma-separated")
     ap.add_argument("--horizons", default="1,20", help="actor steps of the lookahead, comma-separated (default 1,20)")
     ap.add_argument("--batches", type=int, default=16, help="batches per run (default 16)")
     ap.add_argument("--checkpoint", type=int, default=None, help="the checkpoint's step (default: the newest)")
@@ -199,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory() as work:
-            traces = trace_spec(a.trace, a.variant, a.seed_of_run, a.out_dir, Path(work))
+            only = a.datasets.split(",") if a.datasets else None
+            traces = trace_spec(a.trace, a.variant, a.seed_of_run, a.out_dir, Path(work), only)
         text = trace_table(traces)
         (a.out_dir / "table.md").write_text(text + "\n")
         trace_figure(traces, a.out_dir / "pushes.png")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from metaconstraint.plotting import flat_settings
@@ -117,5 +118,9 @@ def test_alpha_terms_trace_records_every_alpha_update_without_changing_the_run(t
     assert trace["alpha_end"] == plain.summary["coef_end"] != 2.5
     for r in trace["rows"]:
         assert abs(r["L1"] + r["L2"] + r["L3"] - r["all"]) <= 1e-3 * max(1.0, abs(r["all"]))
+        assert r["m_error"] <= 1e-3  # the terms' moments add up to the optimizer's own
+        assert abs(sum(r[f"d_rho_{t}"] for t in ("L1", "L2", "L3")) - r["d_rho"]) <= 1e-6 * max(1e-6, abs(r["d_rho"]))
+    rho = [float(torch.log(torch.expm1(torch.tensor(a, dtype=torch.float64)))) for a in (2.5, trace["alpha_end"])]
+    assert abs(sum(r["d_rho"] for r in trace["rows"]) - (rho[1] - rho[0])) <= 1e-4  # the steps add up to rho's change
     table = module.trace_table([trace]).splitlines()
     assert len(table) == 3 and table[2].startswith(f"| {Path(trace['dataset']).name} | ")

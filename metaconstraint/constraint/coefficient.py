@@ -66,7 +66,7 @@ class AdaptiveCoefficient:
         if planned_updates is not None and planned_updates < 1:
             raise ValueError(f"planned_updates must be >= 1, got {planned_updates}")
         gamma = 1.0 if planned_updates is None else lr_decay_to ** (1.0 / planned_updates)
-        self.gamma = gamma
+        self.gamma, self.betas = gamma, tuple(betas)
         self.schedule = optim.exponential_decay(lr, gamma)
         self.opt = optim.adam(lr=self.schedule, betas=betas, eps_root=0.0)
         self.rho = torch.tensor(inverse_softplus(init), device=device, dtype=dtype, requires_grad=True)
