@@ -35,6 +35,16 @@ import torch
 TERMS = ("L1", "L2", "L3")
 
 
+def probe(agent: Any, settings: Any, terms: tuple[str, ...]) -> Any:
+    """A constraint like ``agent``'s (``settings``: its config, maybe another horizon) whose outer loss is ``terms`` alone;
+    only its ``hypergradient`` is used, with the agent's own coefficient state passed in."""
+    from metaconstraint.constraint.bilevel import AdaptiveConstraint, ASPCOuter
+
+    outer = agent.constraint.outer
+    return AdaptiveConstraint(settings, None, agent.device, agent.dtype,
+                              outer=ASPCOuter(terms, outer.delta_q, outer.ema_decay))
+
+
 def term_hypergradients(run_dir: Path, horizons: list[int], batches: int, checkpoint: int | None,
                         seed: int) -> dict[str, Any]:
     """Per horizon and term: the hypergradient on each of ``batches`` batches, and the full outer loss's."""
@@ -56,10 +66,9 @@ def term_hypergradients(run_dir: Path, horizons: list[int], batches: int, checkp
         settings = dataclasses.replace(con.config, horizon=h, method="unrolled")
         grads: dict[str, list[float]] = {t: [] for t in (*TERMS, "all")}
         for terms in [(t,) for t in TERMS] + [TERMS]:
-            outer = ASPCOuter(terms, con.outer.delta_q, con.outer.ema_decay)
-            probe = AdaptiveConstraint(settings, None, agent.device, agent.dtype, outer=outer)
+            single = probe(agent, settings, terms)
             for batch in data:
-                hg = probe.hypergradient(agent.actor_objective(batch), params, agent.actor_opt, agent.actor_opt_state,
+                hg = single.hypergradient(agent.actor_objective(batch), params, agent.actor_opt, agent.actor_opt_state,
                                          con.state)
                 grads["all" if len(terms) > 1 else terms[0]].append(float(hg.grads["rho"]))
         for i, total in enumerate(grads["all"]):
@@ -73,15 +82,13 @@ def term_hypergradients(run_dir: Path, horizons: list[int], batches: int, checkp
 
 def trace_run(config: Any, run_dir: Path) -> dict[str, Any]:
     """Train ``config`` (a RunConfig) into ``run_dir`` and record each outer term's hypergradient at every alpha update."""
-    from metaconstraint.constraint.bilevel import AdaptiveConstraint, ASPCOuter
     from metaconstraint.training import Trainer
 
     trainer = Trainer(config, run_dir, progress=False, echo=None, plots=False, tensorboard=False)
     trainer.setup()
     agent = trainer.agent
     con = agent.constraint
-    probes = {t: AdaptiveConstraint(con.config, None, agent.device, agent.dtype,
-                                    outer=ASPCOuter((t,), con.outer.delta_q, con.outer.ema_decay)) for t in TERMS}
+    probes = {t: probe(agent, con.config, (t,)) for t in TERMS}
     rows: list[dict[str, float]] = []
     step = con.coefficient_step
     beta1 = con.coefficient.betas[0]
@@ -91,8 +98,8 @@ def trace_run(config: Any, run_dir: Path) -> dict[str, Any]:
         new, result = step(objective, params, opt, opt_state, state, outer_objective)
         row = {"update": agent.num_updates, "alpha": float(torch.nn.functional.softplus(state.rho)),
                "all": float(result.logs["hypergrad"]), "d_rho": float(new.rho - state.rho)}
-        for t, probe in probes.items():
-            row[t] = float(probe.hypergradient(objective, params, opt, opt_state, state, outer_objective).grads["rho"])
+        for t, single in probes.items():
+            row[t] = float(single.hypergradient(objective, params, opt, opt_state, state, outer_objective).grads["rho"])
             momentum[t] = beta1 * momentum[t] + (1.0 - beta1) * row[t]
         # Adam's step on rho is -lr * m_hat / (sqrt(v_hat) + eps), linear in m = sum of the terms' moments: each term's
         # share of this update's change of rho is d_rho * m_term / m (exact, whatever lr, v and eps were)
