@@ -84,6 +84,7 @@ class RunOutputs:
             None if self.dataset_return is None or data.ref_min_score is None or data.ref_max_score is None
             else 100.0 * (self.dataset_return - data.ref_min_score) / (data.ref_max_score - data.ref_min_score)
         )
+        self.dataset_sha256 = data.fingerprint()  # which build of the dataset this run saw
         self.metrics: MetricsLog | None = None  # open_metrics()
         self.error: dict[str, Any] | None = None  # what summary.json reports of a divergence or failure
         self.environment: dict[str, Any] | None = None
@@ -208,6 +209,7 @@ class RunOutputs:
             "best_score": None if best is None else best["score"],
             "dataset_return": self.dataset_return,
             "dataset_score": self.dataset_score,
+            "dataset_sha256": self.dataset_sha256,
             "best_score_step": None if best is None else best["step"],
             **self.record.coef.summary(coefficient_value(self.agent), step),
             "wall_s": round(wall_s, 2),

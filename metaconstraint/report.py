@@ -293,6 +293,36 @@ def quality_correlations(cells: dict[tuple[str, str], Cell], min_datasets: int =
     return out
 
 
+def data_builds(cells: dict[tuple[str, str], Cell]) -> dict[str, dict[str, list[RunData]]]:
+    """The datasets whose runs did not all train on the same data: dataset -> {build: its runs}.
+
+    A build is the data's content hash (``dataset_sha256`` in summary.json), or, when a run predates it, the
+    data's mean episode return (the same data gives the same float64 mean)."""
+    runs: dict[str, list[RunData]] = {}
+    for c in cells.values():
+        runs.setdefault(c.dataset, []).extend(r for r in c.runs if r.summary.get("dataset_return") is not None)
+    out = {}
+    for dataset, rs in runs.items():
+        hashed = all(r.summary.get("dataset_sha256") for r in rs)
+        builds: dict[str, list[RunData]] = {}
+        for r in rs:
+            key = (f"sha256 {r.summary['dataset_sha256'][:12]}" if hashed
+                   else f"mean return {r.summary['dataset_return']:.6f}")
+            builds.setdefault(key, []).append(r)
+        if len(builds) > 1:
+            out[dataset] = builds
+    return out
+
+
+def _data_build_lines(cells: dict[tuple[str, str], Cell]) -> list[str]:
+    lines = []
+    for dataset, builds in sorted(data_builds(cells).items()):
+        parts = "; ".join(f"{key}: {', '.join(sorted(r.path.name for r in rs))}" for key, rs in builds.items())
+        lines.append(f"**Warning: the runs of {dataset} trained on {len(builds)} different builds of it** ({parts}); "
+                     "their rows mix datasets. Rebuild the data, and rerun the runs of the other build(s).")
+    return lines + [""] if lines else []
+
+
 def _quality_lines(cells: dict[tuple[str, str], Cell]) -> list[str]:
     found = quality_correlations(cells)
     if not found:
@@ -352,6 +382,7 @@ def report_markdown(root: str | Path | Sequence[str | Path], title: str | None =
         if any(v for _, v in data):
             lines += ["The datasets' own normalised score (mean episode return in the data): "
                       + "; ".join(f"{d} {np.mean(v):.1f}" for d, v in data if v) + ".", ""]
+        lines += _data_build_lines(cells)
         keys = sorted({c.coef_key for c in cells.values() if c.coefs})
         if keys:
             names = ", ".join(f"{GREEK.get(k, k)} ({k})" for k in keys)

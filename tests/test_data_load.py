@@ -93,6 +93,24 @@ def test_transitions_round_trip_through_hdf5_and_npz(tmp_path):
         assert u.env_id == ENV_ID and (u.ref_min_score, u.ref_max_score) == (-5.0, 7.0)
 
 
+def test_fingerprint_names_the_numbers_not_the_file_or_its_metadata(tmp_path):
+    """The same transitions through another file format and other metadata keep their hash; one reward or one
+    timeout flag changed gives another."""
+    t = data.from_arrays(d4rl_arrays(), env_id=ENV_ID, ref_min_score=-5.0, ref_max_score=7.0)
+    fp = t.fingerprint()
+    assert len(fp) == 64 and int(fp, 16) >= 0
+    u = data.load(data.save_npz(t, tmp_path / "x.npz"), check_env=False)
+    u.ref_max_score, u.source = 9.0, "elsewhere"
+    assert u.fingerprint() == fp
+    u.rewards = u.rewards.copy()
+    u.rewards[3] = np.nextafter(u.rewards[3], np.float32(np.inf))  # one float32 step
+    assert u.fingerprint() != fp
+    v = data.load(tmp_path / "x.npz", check_env=False)
+    v.timeouts = v.timeouts.copy()
+    v.timeouts[0] = ~v.timeouts[0]
+    assert v.fingerprint() != fp
+
+
 def test_d4rl_file_name_gives_d4rl_reference_scores_and_env(tmp_path):
     rng = np.random.default_rng(0)
     n = 30

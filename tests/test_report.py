@@ -229,3 +229,22 @@ def test_plots_name_the_coefficient_file_after_it_and_skip_fixed_coefficients(tm
                                                                    "terms.png"]
     aspc = _coef_run(tmp_path, "aspc", "aspc", "alpha", [2.5, 2.6, 2.7], terms=True)
     assert names(plot_runs([adaptive, aspc], tmp_path / "c"))[0] == "coefficient.png"  # two coefficients on one axis
+
+
+def test_report_warns_when_one_datasets_runs_trained_on_different_builds_of_it(tmp_path):
+    """Runs recording other content hashes (or, before the hash, other mean returns) for one dataset id get a
+    warning naming them; runs on the same build get none."""
+    def run(name, seed, **data):
+        d = fake_run(tmp_path / name.split("-")[0], name, 50.0, seed)
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**summary, **data}))
+
+    run("a-s0", 0, dataset_return=-764.8, dataset_sha256="ab" * 32)
+    run("a-s1", 1, dataset_return=-764.8, dataset_sha256="ab" * 32)
+    assert "Warning" not in report_markdown(tmp_path)
+    run("a-s2", 2, dataset_return=-779.6, dataset_sha256="cd" * 32)
+    text = report_markdown(tmp_path)
+    assert (f"**Warning: the runs of {DATA} trained on 2 different builds of it** (sha256 {'ab' * 6}: a-s0, a-s1; "
+            f"sha256 {'cd' * 6}: a-s2)") in text
+    run("b-s3", 3, dataset_return=-764.8)  # a run from before the hash: builds are told apart by the mean return
+    assert "(mean return -764.800000: a-s0, a-s1, b-s3; mean return -779.600000: a-s2)" in report_markdown(tmp_path)

@@ -130,6 +130,7 @@ def test_run_directory_holds_config_metrics_checkpoints_and_summary(straight):
     assert [s for s, _ in list_checkpoints(run_dir)] == [400, 500, 600]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == 600
+    assert summary["dataset_sha256"] == trainer.data.fingerprint()  # which build of the data the run saw
     assert summary["final_score"] == pytest.approx(float(evals[-1]["eval_score"]))
     assert summary["coef_start"] == pytest.approx(2.5)
     assert summary["coef_end"] == pytest.approx(float(trainer.agent.constraint.value()))

@@ -84,6 +84,7 @@ def dataset_info(source: str | os.PathLike, *, env_id: str | None = None, trust_
         "timeouts": int(t.timeouts.sum()),
         "reward": {"min": float(t.rewards.min()), "max": float(t.rewards.max())},
         "size_bytes": _size_bytes(t, text),
+        "sha256": t.fingerprint(),
         "algorithm": t.metadata.get("algorithm_name"),
         "notes": list(t.notes),
     }
@@ -114,6 +115,8 @@ def info_text(info: dict[str, Any]) -> str:
         lines.append("  reference scores: none (runs report raw returns; give train --ref-min-score/--ref-max-score)")
     lines.append(f"  evaluation env: {info['env_id']}" if info.get("env_id")
                  else "  evaluation env: none named (give train --env-id, e.g. --env-id Hopper-v5)")
+    if info.get("sha256"):
+        lines.append(f"  content sha256: {info['sha256'][:16]} (runs record it as dataset_sha256; compare builds with it)")
     if info.get("algorithm"):
         lines.append(f"  recorded by: {info['algorithm']}")
     lines += [f"  note: {n}" for n in info.get("notes", [])]

@@ -13,6 +13,7 @@ Invariants (checked by :meth:`Transitions.check`):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -116,6 +117,21 @@ class Transitions:
         if starts.size == 0:
             return np.zeros(0)
         return np.add.reduceat(self.rewards.astype(np.float64), starts)
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the transitions themselves (observations, actions, rewards, next observations,
+        terminals, timeouts, episode starts; their dtypes and shapes included), not of the file or its metadata.
+
+        Two builds of "the same" dataset agree on it only when they hold the same numbers: a TD3 behaviour
+        retrained on other hardware or library versions makes other data under the same id. Runs record it
+        (``dataset_sha256`` in summary.json) and ``report`` warns when one dataset's runs disagree."""
+        h = hashlib.sha256()
+        for name in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts",
+                     "episode_starts"):
+            a = np.ascontiguousarray(getattr(self, name))
+            h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+            h.update(memoryview(a).cast("B"))
+        return h.hexdigest()
 
     def where(self, index: int) -> str:
         """``"index i (episode e, step s)"``, for error messages."""
