@@ -443,8 +443,11 @@ def run_sweep(runs: Sequence[PlannedRun], *, address: str | None = None, cpus_pe
     cwd = os.getcwd()
     started = not ray.is_initialized()
     if started:
+        # without an address Ray would join a `ray start` cluster running on this machine (its own default);
+        # the sweep's default is a new local instance of its own, unless RAY_ADDRESS names a cluster
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         kw: dict[str, Any] = {"address": address, "log_to_driver": False}
-        if address is None:  # a local instance: small object store (only configs and summaries travel)
+        if address == "local":  # a local instance: small object store (only configs and summaries travel)
             kw.update(include_dashboard=False, object_store_memory=128 * 1024 ** 2)
         ray.init(**kw)
     task = ray.remote(run_one).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=retries,
@@ -583,8 +586,9 @@ def add_parser(sub: Any) -> None:
     a("--cpus-per-run", type=resources, default=1.0, metavar="N", help="CPUs Ray reserves per run (and torch threads)")
     a("--gpus-per-run", type=resources, default=0.0, metavar="N", help="GPUs Ray reserves per run (fractions allowed)")
     a("--max-parallel", type=positive_int, metavar="N", help="at most N runs at once (default: as many as the resources allow)")
-    a("--address", metavar="HOST:PORT", help="join an existing Ray cluster (default: start a local instance; 'auto' finds "
-                                              "one started with `ray start` on this machine)")
+    a("--address", metavar="HOST:PORT", help="join an existing Ray cluster (default: $RAY_ADDRESS when set, else a new "
+                                              "local instance, even beside a `ray start` cluster; 'auto' joins one "
+                                              "started with `ray start` on this machine)")
     a("--retries", type=nonneg_int, default=3, metavar="N", help="times Ray retries a run whose worker or process died")
     a("--plots", action="store_true", help="let every run draw its own plots (default: off; use `metaconstraint plot OUT`)")
     a("--dry-run", action="store_true", help="list the planned runs and their state; start nothing")

@@ -257,3 +257,37 @@ def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_the_same_sweep_continues_th
     assert again.returncode == 0, again.stdout + again.stderr
     assert "0 finished already (skipped), 1 to resume, 0 to start" in again.stdout
     assert f"resumed from step {summary['step']}" in again.stdout and run_state(run_dir) == "finished"
+
+
+@pytest.mark.parametrize("given, env, expected", [(None, None, "local"), (None, "ray-head:6379", "ray-head:6379"),
+                                                  ("auto", "ray-head:6379", "auto")])
+def test_the_default_is_a_new_local_ray_even_beside_a_ray_start_cluster(tmp_path, monkeypatch, given, env, expected):
+    """ray.init() without an address joins a `ray start` cluster on the machine (and then refuses the sweep's
+    object-store size): the sweep asks for its own local instance, unless --address or RAY_ADDRESS says where."""
+    from metaconstraint import sweep
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    class FakeRay:
+        @staticmethod
+        def is_initialized():
+            return False
+
+        @staticmethod
+        def init(**kw):
+            seen.update(kw)
+            raise Stop
+
+    monkeypatch.setattr(sweep, "_import_ray", lambda: FakeRay)
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    runs = plan({"out": str(tmp_path / "out"), "grids": [{"algo": "td3bc", "dataset": "pendulum-medium"}]})
+    with pytest.raises(Stop):
+        sweep.run_sweep(runs, address=given, echo=lambda _: None)
+    assert seen["address"] == expected
+    assert ("object_store_memory" in seen) == (expected == "local")
