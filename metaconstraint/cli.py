@@ -123,6 +123,9 @@ def _add_train(sub: Any) -> None:
     a("--trust-env-spec", action="store_true",
       help="build the dataset's env spec even if it names code outside installed, trusted environment packages")
     _add_own_data(a, "the run")
+    a("--dataset-sha256", metavar="HEX",
+      help="train only on this build of the data: its content sha256 as `data info` prints it (8 or more hex "
+           "digits); another build stops the run before step 1")
     a("--wandb", nargs="?", const="metaconstraint", metavar="PROJECT",
       help="also log to Weights & Biases (extra wandb) under PROJECT (default project: metaconstraint), offline "
            "into RUN_DIR/wandb unless WANDB_MODE=online is set; upload later with wandb sync")
@@ -237,6 +240,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size, "device": args.device, "log_every": args.log_every,
         "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
         "env_id": args.env_id, "ref_min_score": args.ref_min_score, "ref_max_score": args.ref_max_score,
+        "dataset_sha256": args.dataset_sha256,
     }
 
 
@@ -307,6 +311,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.threads and "OMP_NUM_THREADS" not in os.environ and first.config.preset == "quick":
         torch.set_num_threads(1)
     results = trainer.train(stop_after=args.stop_after)
+    if args.wandb:  # wait until W&B's service has written and closed its files (the .wandb log is buffered)
+        import wandb
+
+        wandb.teardown()
     results = results if isinstance(results, list) else [results]
     total = time.perf_counter() - t_start
     for result in results:

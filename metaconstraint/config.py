@@ -132,6 +132,9 @@ class RunConfig:
     env_id: str | None = None
     ref_min_score: float | None = None
     ref_max_score: float | None = None
+    # The build of the data the run must train on: its content sha256 (`data info`), or a prefix of it of at
+    # least 8 hex digits. Another build (e.g. TD3-made data rebuilt on another CPU) stops the run before step 1.
+    dataset_sha256: str | None = None
     agent: Any = None  # the algorithm's config dataclass
 
     def to_dict(self) -> dict[str, Any]:
@@ -645,6 +648,11 @@ def validate(c: RunConfig) -> None:
         need(all(math.isfinite(v) for v in refs), f"reference scores must be finite numbers, got {refs[0]} and {refs[1]}")
         need(refs[0] != refs[1], f"ref_min_score and ref_max_score are both {refs[0]}; no score can be computed from them")
     need(c.env_id is None or c.env_id.strip() != "", "env_id must be a Gymnasium env id (e.g. Hopper-v5), got ''")
+    need(
+        c.dataset_sha256 is None or re.fullmatch(r"[0-9a-fA-F]{8,64}", c.dataset_sha256) is not None,
+        f"dataset_sha256 must be the data's content sha256 or a prefix of it (8 to 64 hex digits, as `metaconstraint "
+        f"data info` prints it), got {c.dataset_sha256!r}",
+    )
     if isinstance(c.reward_scale, float):
         need(math.isfinite(c.reward_scale), f"reward_scale must be a finite number, got {c.reward_scale}")
     if isinstance(c.reward_scale, str):

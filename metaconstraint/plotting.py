@@ -43,7 +43,7 @@ GREEK = {"alpha": "α", "beta": "β", "beta1": "β₁", "lambda": "λ"}
 # (steps, network sizes, an algorithm's per-dataset coefficients) are in config.yaml and compared
 # one by one. Everything else in config.yaml splits groups.
 NOT_RESULT = ("seed", "agent.seed", "eval_seed", "device", "log_every", "checkpoint_every", "keep_checkpoints",
-              "preset", "algo_preset")
+              "preset", "algo_preset", "dataset_sha256")
 # Never shown in a label: the row/column itself, and a value that follows another setting.
 _NOT_LABELLED = ("algo", "dataset", "tag", "agent.planned_steps")
 

@@ -524,11 +524,28 @@ def run_environment(device: Any) -> dict[str, Any]:
                      "python": platform.python_version()},
         "git": git_commit(),
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        # the CPU and the vector instructions torch's kernels use: float results (and so data made by training,
+        # like `collect`'s TD3 behaviours) can differ between machines that differ here
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     return info
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module knows."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------- reading a run

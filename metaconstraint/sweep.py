@@ -24,6 +24,9 @@ Spec::
         dataset: [metaconstraint/pendulum/medium-v0, metaconstraint/pendulum/expert-v0]
         seed: 0-2                        # or a list
         constraint.lr: [0.25]            # any other key: a list of values, crossed
+
+A setting ``dataset_sha256`` may map each dataset to the build its runs must train on (its content
+sha256 or a prefix, as ``data info`` prints it): a run on another build stops before step 1.
 """
 
 from __future__ import annotations
@@ -247,6 +250,9 @@ def plan(spec: Mapping[str, Any], out: str | Path | None = None) -> list[Planned
 def _plan_one(root: Path, common: Mapping[str, Any], cfg: Mapping[str, Any], chosen: Mapping[str, Any],
               name: str | None, dataset: Any, seed: int, where: str, varying: set[str]) -> PlannedRun:
     values = {**common, **cfg, **chosen, "dataset": dataset, "seed": seed}
+    pins = values.get("dataset_sha256")
+    if isinstance(pins, dict):  # one build per dataset: {dataset: sha256}; a dataset not named is not checked
+        values["dataset_sha256"] = pins.get(str(dataset))
     try:
         config = resolve(data=_nested(values))
     except ConfigError as err:

@@ -109,6 +109,15 @@ def load_training_data(config: RunConfig, trust_env_spec: bool = False) -> Trans
     if env_id is not None:  # config.yaml is a file: its env id names trusted code unless told otherwise
         env_id = check_env_id(env_id, "the run's env_id setting", trust_env_spec)
     data = load(config.dataset, env_id=env_id, trust_env_spec=trust_env_spec)
+    if config.dataset_sha256 is not None:
+        found = data.fingerprint()
+        if not found.startswith(config.dataset_sha256.lower()):
+            raise RunError(
+                f"dataset {config.dataset} has content sha256 {found[:16]}…, but the run asks for "
+                f"{config.dataset_sha256.lower()[:16]}… (dataset_sha256): this is another build of it, e.g. TD3-made "
+                "data collected on another CPU or with other package versions. Use the build the run asks for, or "
+                "leave dataset_sha256 out to train on this one"
+            )
     if config.ref_min_score is not None:
         data.ref_min_score, data.ref_max_score = float(config.ref_min_score), float(config.ref_max_score)
         data.notes.append(f"reference scores {config.ref_min_score} / {config.ref_max_score} from the run's settings")

@@ -37,6 +37,7 @@ def test_summary_records_versions_commit_device_and_threads(run_dir):
     assert v["torch"] == torch.__version__ and v["gymnasium"] == gymnasium.__version__
     assert v["minari"] == minari.__version__ and v["metaconstraint"] == "0.1.0"
     assert env["device"] == "cpu" and env["torch_threads"] == 1
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["cpu"] == env["device_name"] != ""
     if (ROOT / ".git").exists():  # run from a checkout: its commit
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         assert env["git"]["commit"] == head and isinstance(env["git"]["dirty"], bool)
@@ -136,7 +137,9 @@ def test_wandb_logs_offline_into_the_run_directory(tmp_path, monkeypatch):
     files = list((d / "wandb").glob("offline-run-*/*.wandb"))
     assert len(files) == 1  # offline by default: nothing was sent
     recs = _wandb_records(files[0])
-    run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+    kinds = [r.WhichOneof("record_type") for r in recs]
+    assert "run" in kinds, f"no run record in {files[0]} ({files[0].stat().st_size} bytes): {kinds}"
+    run = recs[kinds.index("run")].run
     assert (run.project, run.display_name, run.run_group) == ("mc-test", "run", "run")
     config = {u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in run.config.update}
     assert config["algo"] == "aspc" and config["agent.constraint.every"] == 2

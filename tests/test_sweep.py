@@ -291,3 +291,17 @@ def test_the_default_is_a_new_local_ray_even_beside_a_ray_start_cluster(tmp_path
         sweep.run_sweep(runs, address=given, echo=lambda _: None)
     assert seen["address"] == expected
     assert ("object_store_memory" in seen) == (expected == "local")
+
+
+def test_a_spec_pins_each_dataset_to_its_build_and_old_runs_without_the_pin_still_match(tmp_path):
+    from metaconstraint.sweep import _check_existing
+
+    spec = {"out": str(tmp_path), "settings": {"steps": 500, "dataset_sha256": {"pendulum-medium": "d8f6dbfafb525fed"}},
+            "grids": [{"dataset": ["pendulum-medium", "pendulum-expert"], "seed": [0]}]}
+    runs = {r.config["dataset"]: r for r in plan(spec)}
+    assert runs["pendulum-medium"].config["dataset_sha256"] == "d8f6dbfafb525fed"
+    assert runs["pendulum-expert"].config["dataset_sha256"] is None  # a dataset not named is not checked
+    old = runs["pendulum-medium"]  # a run made before the pin existed: the same settings, no dataset_sha256
+    old.run_dir.mkdir(parents=True)
+    (old.run_dir / "config.yaml").write_text(yaml.safe_dump({**old.config, "dataset_sha256": None}))
+    _check_existing(list(runs.values()))  # the pin checks the data; it is not a setting that makes another run

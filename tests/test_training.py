@@ -311,3 +311,24 @@ def test_guard_catches_the_agents_own_nonfinite_loss(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"critic loss is inf at step 1") as info:
         run(tiny_config(data, steps=100), tmp_path / "huge")
     assert info.value.step == 1 and latest_checkpoint(tmp_path / "huge") is None
+
+
+def test_a_run_pinned_to_another_build_of_its_data_stops_before_step_1_and_leaves_nothing(tmp_path, tiny_npz):
+    from metaconstraint.data import load
+    from metaconstraint.rundir import RunError
+
+    sha = load(str(tiny_npz)).fingerprint()
+    other = ("0" if sha[0] != "0" else "1") + sha[1:16]
+    with pytest.raises(RunError, match=rf"has content sha256 {sha[:16]}…, but the run asks for {other}…"):
+        run(tiny_config(tiny_npz, steps=100, dataset_sha256=other), tmp_path / "wrong")
+    assert not (tmp_path / "wrong").exists()  # a run that never started leaves no directory
+    _, result = run(tiny_config(tiny_npz, steps=100, dataset_sha256=sha[:8].upper()), tmp_path / "right")
+    assert result.summary["status"] == "finished" and result.summary["dataset_sha256"] == sha
+
+
+@pytest.mark.parametrize("value", ["abc", "xyz12345", "a" * 65])
+def test_dataset_sha256_must_be_hex_digits(tiny_npz, value):
+    from metaconstraint.config import ConfigError
+
+    with pytest.raises(ConfigError, match="dataset_sha256 must be the data's content sha256 or a prefix of it"):
+        tiny_config(tiny_npz, dataset_sha256=value)
