@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print("plot_alpha_study: no runs with a learned coefficient", file=sys.stderr)
         return 2
     datasets = sorted({d for _, d in cells}, key=dataset_order)
+    several_envs = len({"/".join(d.split("/")[:-1]) for d in datasets}) > 1  # then name the env too
     cmap = plt.get_cmap("viridis")
     colour = {d: cmap(i / max(1, len(datasets) - 1)) for i, d in enumerate(datasets)}
     ncols = min(3, len(variants))
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             steps = series[0][0][:n]
             mean = np.mean([v[:n] for _, v in series], axis=0)
             data = cell.runs[0].summary.get("dataset_score")
-            label = d.split("/")[-1].removesuffix("-v0") + (f" (data {data:.0f})" if data is not None else "")
+            name = "/".join(d.split("/")[-2:]) if several_envs else d.split("/")[-1]
+            label = name.removesuffix("-v0") + (f" (data {data:.0f})" if data is not None else "")
             ax.plot(steps, mean, color=colour[d], lw=1.8, label=label)
         ax.set_yscale("log")
         q = rho.get(variant)
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_ylabel("α (log scale)")
     for ax in axes.flat[len(variants):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="best")
+    for ax in axes.flat[:len(variants)]:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
