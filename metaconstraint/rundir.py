@@ -518,18 +518,19 @@ def run_environment(device: Any) -> dict[str, Any]:
     import platform
 
     dev = torch.device(device)
+    cpu = cpu_name()
     info: dict[str, Any] = {
         "versions": {"metaconstraint": _version("metaconstraint"), "torch": torch.__version__,
                      "gymnasium": _version("gymnasium"), "minari": _version("minari"), "numpy": np.__version__,
                      "python": platform.python_version()},
         "git": git_commit(),
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         # the CPU and the vector instructions torch's kernels use: float results (and so data made by training,
         # like `collect`'s TD3 behaviours) can differ between machines that differ here
-        "cpu": cpu_name(),
+        "cpu": cpu,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     return info
