@@ -27,12 +27,16 @@ Spec::
 
 A setting ``dataset_sha256`` may map each dataset to the build its runs must train on (its content
 sha256 or a prefix, as ``data info`` prints it): a run on another build stops before step 1.
+
+``--only PATTERN ...`` runs part of a spec (``select``): the runs whose name matches a shell pattern, in the
+order of the patterns, e.g. the runs that fit in the hours a machine is lent, most wanted first.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import itertools
 import os
 import re
@@ -53,7 +57,7 @@ from .config import ConfigError, RunConfig, algo_class, dataset_key, dotted_keys
 from .plotting import NOT_RESULT, format_value, settings_key
 from .rundir import flat_settings, read_summary
 
-__all__ = ["PlannedRun", "SpecError", "grid_from_flags", "load_spec", "plan", "run_state", "run_sweep"]
+__all__ = ["PlannedRun", "SpecError", "grid_from_flags", "load_spec", "plan", "run_state", "run_sweep", "select"]
 
 EXTRA_HINT = "pip install 'metaconstraint[sweep]' (in a checkout: pip install -e '.[sweep]')"
 SPEC_KEYS = ("out", "settings", "grids")
@@ -245,6 +249,21 @@ def plan(spec: Mapping[str, Any], out: str | Path | None = None) -> list[Planned
                             "values (leave out its name, and the folder names show those values)")
         seen[r.run_dir] = r
     return ordered
+
+
+def select(runs: Sequence[PlannedRun], patterns: Sequence[str]) -> list[PlannedRun]:
+    """The runs whose name matches one of the shell patterns, in the order of the patterns (spec order among the
+    runs one pattern matches; a run matched twice comes once). A name is ``<variant>/<variant>-<data>-s<seed>``;
+    a pattern without ``/`` is matched against the part after it. A pattern that matches nothing is an error:
+    it is a typo more often than a wish."""
+    chosen: dict[Path, PlannedRun] = {}
+    for pattern in patterns:
+        hits = [r for r in runs if fnmatch.fnmatchcase(r.name if "/" in pattern else r.label, pattern)]
+        if not hits:
+            raise SpecError(f"--only {pattern!r} matches none of the sweep's {len(runs)} runs (names such as "
+                            f"{runs[0].label!r}; see them with --dry-run)")
+        chosen.update((r.run_dir, r) for r in hits if r.run_dir not in chosen)
+    return list(chosen.values())
 
 
 def _plan_one(root: Path, common: Mapping[str, Any], cfg: Mapping[str, Any], chosen: Mapping[str, Any],
@@ -522,13 +541,15 @@ def cli_sweep(args: argparse.Namespace) -> int:
         spec = grid_from_flags(args.algo, args.dataset, args.seeds, [s for group in args.set for s in group], args.out)
     if not args.dry_run:
         _import_ray()  # before planning: without the extra, one line and nothing else
-    runs = plan(spec, args.out)
+    planned = plan(spec, args.out)
+    runs = select(planned, args.only) if args.only else planned
     if args.gpus_per_run > 0 and any(not str(r.config.get("device", "cpu")).startswith("cuda") for r in runs):
         print("note: --gpus-per-run reserves GPUs, but some runs train on the CPU; add --set device=cuda", file=sys.stderr)
     if args.dry_run:
         for r in runs:
             print(f"{run_state(r.run_dir):>9}  {r.run_dir}")
-        print(f"{len(runs)} runs planned (dry run: nothing started)")
+        print(f"{len(runs)} runs planned" + (f" (--only: {len(runs)} of the sweep's {len(planned)})" if args.only else "")
+              + " (dry run: nothing started)")
         return 0
     results = run_sweep(runs, address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
                         max_parallel=args.max_parallel, retries=args.retries, plots=args.plots)
@@ -539,7 +560,7 @@ def cli_sweep(args: argparse.Namespace) -> int:
     failed = [n for n, res in results.items() if res["status"] == "failed"]
     from .report import report_markdown
 
-    have = [r.run_dir for r in runs if (r.run_dir / "config.yaml").is_file()]
+    have = [r.run_dir for r in planned if (r.run_dir / "config.yaml").is_file()]  # the whole sweep's, even with --only
     if have:
         text = report_markdown(have, title=f"Sweep: {args.spec or 'grid from flags'}")
         print("\n" + text, end="")
@@ -577,6 +598,7 @@ def add_parser(sub: Any) -> None:
             "  metaconstraint sweep --algo aspc td3bc --dataset pendulum-medium --seeds 0-2 --out runs/grid\n"
             "  metaconstraint sweep --algo aspc --seeds 0-1 --set constraint.lr=2e-3,0.25 --set steps=4000 --out runs/lr\n"
             "  metaconstraint sweep SPEC.yaml --address ray-head:6379 --out /shared/runs   # an existing cluster\n"
+            "  metaconstraint sweep SPEC.yaml --only 'aspc-*-s2' 'td3bc*-s2' --dry-run    # part of a spec, in this order\n"
             "\n--set KEY=V1,V2 makes KEY an axis of the grid (values crossed with everything else); a list value goes\n"
             "in brackets (actor_hidden=[64,64],[32,32]). Exit status: 0 all runs finished, 1 some failed, 2 bad input."
         ),
@@ -597,5 +619,7 @@ def add_parser(sub: Any) -> None:
                                               "started with `ray start` on this machine)")
     a("--retries", type=nonneg_int, default=3, metavar="N", help="times Ray retries a run whose worker or process died")
     a("--plots", action="store_true", help="let every run draw its own plots (default: off; use `metaconstraint plot OUT`)")
+    a("--only", nargs="+", metavar="PATTERN", help="run only the runs whose name matches one of these shell patterns "
+                                                    "(e.g. 'aspc-*-s2' or 'td3bc/*'), in the order of the patterns")
     a("--dry-run", action="store_true", help="list the planned runs and their state; start nothing")
     s.set_defaults(func=cli_sweep)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from metaconstraint.plotting import flat_settings
-from metaconstraint.sweep import SpecError, grid_from_flags, load_spec, plan, run_state
+from metaconstraint.sweep import SpecError, grid_from_flags, load_spec, plan, run_state, select
 from tests.test_training import write_tiny_npz
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +200,14 @@ def test_sweep_on_local_ray_survives_a_killed_worker_and_is_idempotent(tmp_path,
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if "broken" not in str(p))
     print(f"\nRay sweep with a killed worker: {wall:.1f} s; repeat: {time.time() - t1:.1f} s")
 
+    # --only: part of the sweep (here the finished TD3+BC run: skipped, exit 0 without the broken run), while the
+    # report still covers every run of the sweep
+    part = sweep_cli(spec, "--only", "td3bc*")
+    assert part.returncode == 0, part.stdout + part.stderr
+    assert "1 finished already (skipped), 0 to resume, 0 to start" in part.stdout
+    assert "| dataset | aspc [constraint.every=2] | td3bc |" in part.stdout
+    assert "sweep done: 1 of 1 runs finished" in part.stdout
+
 
 def test_a_run_directory_with_other_settings_stops_the_sweep_before_anything_runs(tmp_path):
     from metaconstraint.sweep import run_sweep
@@ -223,6 +231,27 @@ def test_dry_run_lists_the_runs_and_their_state(tmp_path, tiny_npz):
     assert lines[-1] == "8 runs planned (dry run: nothing started)"
     assert lines[0].split() == ["new", str(tmp_path / "o" / "aspc-critic=robust" / "aspc-critic=robust-pendulum-tiny-s0")]
     assert not (tmp_path / "o").exists()
+
+
+def test_only_picks_runs_by_pattern_in_the_order_of_the_patterns(tmp_path):
+    runs = plan(grid_from_flags(["aspc", "td3bc"], ["pendulum-medium"], "0-2", [], str(tmp_path)))
+    labels = lambda rs: [r.label for r in rs]  # noqa: E731
+    assert labels(select(runs, ["*-s2", "aspc-*"])) == [  # s2 first, then the aspc runs not chosen yet
+        "aspc-pendulum-medium-s2", "td3bc-pendulum-medium-s2", "aspc-pendulum-medium-s0", "aspc-pendulum-medium-s1"]
+    assert labels(select(runs, ["td3bc/*-s1"])) == ["td3bc-pendulum-medium-s1"]  # with '/': the variant's folder too
+    with pytest.raises(SpecError, match=r"--only 'apsc-\*' matches none of the sweep's 6 runs .*--dry-run"):
+        select(runs, ["aspc-*", "apsc-*"])
+
+
+def test_dry_run_with_only_lists_the_chosen_runs(tmp_path, tiny_npz):
+    proc = sweep_cli("--algo", "aspc", "td3bc", "--dataset", tiny_npz, "--seeds", "0-1", "--out", tmp_path / "o",
+                     "--only", "*-s1", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [ln.split()[1].rsplit("/", 1)[1] for ln in lines[:-1]] == ["aspc-pendulum-tiny-s1", "td3bc-pendulum-tiny-s1"]
+    assert lines[-1] == "2 runs planned (--only: 2 of the sweep's 4) (dry run: nothing started)"
+    bad = sweep_cli("--algo", "aspc", "--dataset", tiny_npz, "--out", tmp_path / "o", "--only", "*-s9", "--dry-run")
+    assert bad.returncode == 2 and "--only '*-s9' matches none of the sweep's 1 runs" in bad.stderr
 
 
 @pytest.mark.slow
