@@ -3,6 +3,7 @@ committed screening results are runs of the screening spec with its settings, re
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,19 @@ ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "experiments" / "alpha_study.yaml"
 CONFIRM = ROOT / "experiments" / "alpha_confirm.yaml"
 RESULTS = ROOT / "experiments" / "results" / "alpha_study"
+CONFIRMED = ROOT / "experiments" / "results" / "alpha_confirm"
 PENDULUM = [f"metaconstraint/pendulum/{q}-v0" for q in ("random", "medium-replay", "medium", "medium-expert", "expert")]
+
+
+def committed_runs(root: Path) -> list[Path]:
+    """The run directories under ``root`` that git tracks (runs still training in a checkout are not results yet);
+    outside a git checkout, every run directory."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--", "*/summary.json"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(p.parent for p in root.glob("*/*/config.yaml"))
+    return sorted((root / f).parent for f in listed)
 
 
 def by_variant(runs) -> dict[str, list]:
@@ -68,6 +81,39 @@ def test_the_committed_screening_runs_are_runs_of_the_spec_and_its_report_is_wha
         assert have == {k: want[k] for k in have}, name
     text = report_markdown(RESULTS, title="Issue 14: does alpha learn the data's quality? (screening)", per_seed=True)
     assert text == (RESULTS / "report.md").read_text()
+
+
+@pytest.mark.skipif(not CONFIRMED.is_dir(), reason="no committed confirmation results")
+def test_the_committed_confirmation_runs_are_finished_runs_of_the_spec_on_its_pinned_builds():
+    """Every committed run is a run of alpha_confirm.yaml with its settings (the sweep's own check), finished, and
+    trained on the build of its dataset that the spec pins; the committed report is what `report` makes of them."""
+    from metaconstraint.plotting import settings_key
+    from metaconstraint.rundir import read_summary
+
+    spec = load_spec(CONFIRM)
+    pins = spec["settings"]["dataset_sha256"]
+    planned = {r.name: r for r in plan(spec, CONFIRMED)}
+    committed = committed_runs(CONFIRMED)
+    assert committed
+    pinned_return: dict[str, set[float]] = {}  # the data's mean return, as the runs that record the hash saw it
+    unhashed: list[tuple[str, str, float]] = []  # runs from before the hash was recorded
+    for run_dir in committed:
+        name = run_dir.relative_to(CONFIRMED).as_posix()
+        assert name in planned, name
+        have = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert settings_key(have) == settings_key(planned[name].config), name  # the dataset pin is not a result
+        summary = read_summary(run_dir)
+        assert summary["status"] == "finished" and summary["step"] == 50000, name
+        if summary.get("dataset_sha256"):
+            assert summary["dataset_sha256"].startswith(pins[have["dataset"]]), name
+            pinned_return.setdefault(have["dataset"], set()).add(summary["dataset_return"])
+        else:
+            unhashed.append((name, have["dataset"], summary["dataset_return"]))
+    assert all(len(v) == 1 for v in pinned_return.values())
+    for name, dataset, ret in unhashed:  # the other build's data has another mean return (37.5 vs 39.0 on medium)
+        assert {ret} == pinned_return[dataset], name
+    text = report_markdown(committed, per_seed=True)
+    assert text == (CONFIRMED / "report.md").read_text()
 
 
 def test_alpha_terms_splits_the_hypergradient_into_the_outer_terms(tmp_path):
