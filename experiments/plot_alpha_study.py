@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plot_alpha_study: {err}", file=sys.stderr)
         return 2
     cells, _ = summarise(runs)
-    rho = {q.algo: q for q in quality_correlations(cells) if q.group != "all"}
+    rho: dict[str, list] = {}  # per variant, its correlation in each domain with >= 3 datasets
+    for q in quality_correlations(cells):
+        if q.group != "all" and not math.isnan(q.rho):
+            rho.setdefault(q.algo, []).append(q)
     learned = lambda r: not math.isclose(r.summary.get("coef_min", 0.0), r.summary.get("coef_max", 0.0))  # noqa: E731
     variants = sorted({a for (a, _), c in cells.items() if any(learned(r) for r in c.runs)})
     if not variants:
@@ -65,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             label = name.removesuffix("-v0") + (f" (data {data:.0f})" if data is not None else "")
             ax.plot(steps, mean, color=colour[d], lw=1.8, label=label)
         ax.set_yscale("log")
-        q = rho.get(variant)
-        ax.set_title(variant + (f"\nSpearman ρ(data score, final α) = {q.rho:+.2f}" if q and not math.isnan(q.rho) else ""),
-                     fontsize=9)
+        qs = rho.get(variant, [])
+        if several_envs:  # a rank correlation within each env (alpha's scale differs between them)
+            what = ", ".join(f"{q.group} ({len(q.datasets)} datasets) {q.rho:+.2f}" for q in qs)
+        else:
+            what = ", ".join(f"{q.rho:+.2f}" for q in qs)
+        ax.set_title(variant + (f"\nSpearman ρ(data score, final α): {what}" if qs else ""), fontsize=9)
         ax.axhline(2.5, color="0.5", ls=":", lw=1)
         ax.grid(alpha=0.3, which="both")
     for ax in axes[-1]:
