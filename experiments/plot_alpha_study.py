@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print("plot_alpha_study: no runs with a learned coefficient", file=sys.stderr)
         return 2
     datasets = sorted({d for _, d in cells}, key=dataset_order)
-    several_envs = len({"/".join(d.split("/")[:-1]) for d in datasets}) > 1  # then name the env too
+    several_envs = len({dataset_order(d)[0] for d in datasets}) > 1  # then name the env too
     cmap = plt.get_cmap("viridis")
     colour = {d: cmap(i / max(1, len(datasets) - 1)) for i, d in enumerate(datasets)}
     ncols = min(3, len(variants))

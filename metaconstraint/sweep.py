@@ -262,7 +262,7 @@ def select(runs: Sequence[PlannedRun], patterns: Sequence[str]) -> list[PlannedR
         if not hits:
             raise SpecError(f"--only {pattern!r} matches none of the sweep's {len(runs)} runs (names such as "
                             f"{runs[0].label!r}; see them with --dry-run)")
-        chosen.update((r.run_dir, r) for r in hits if r.run_dir not in chosen)
+        chosen.update((r.run_dir, r) for r in hits)  # a run already chosen keeps its place
     return list(chosen.values())
 
 
