@@ -17,6 +17,21 @@ from pathlib import Path
 import numpy as np
 
 
+def line_styles(datasets: list[str], cmap) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Each dataset's colour and line style: the style names the env, the colour the data's rank within its env
+    (datasets in ``dataset_order``: poorest dark, best yellow), since alpha's scale and the data scores differ between
+    envs."""
+    from metaconstraint.report import dataset_order
+
+    envs = list(dict.fromkeys(dataset_order(d)[0] for d in datasets))
+    colour, style = {}, {}
+    for k, env in enumerate(envs):
+        of_env = [d for d in datasets if dataset_order(d)[0] == env]
+        for i, d in enumerate(of_env):
+            colour[d], style[d] = cmap(i / max(1, len(of_env) - 1)), ("-", "--", "-.", ":")[k % 4]
+    return colour, style
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="folder(s) holding the study's run directories")
@@ -47,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     datasets = sorted({d for _, d in cells}, key=dataset_order)
     several_envs = len({dataset_order(d)[0] for d in datasets}) > 1  # then name the env too
-    cmap = plt.get_cmap("viridis")
-    colour = {d: cmap(i / max(1, len(datasets) - 1)) for i, d in enumerate(datasets)}
+    colour, style = line_styles(datasets, plt.get_cmap("viridis"))
+    starts = {r.summary.get("coef_start") for c in cells.values() for r in c.runs if learned(r)}
+    start = starts.pop() if len(starts) == 1 else None  # a dotted line at the coefficient's common start
     ncols = min(3, len(variants))
     nrows = math.ceil(len(variants) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), sharex=True, sharey=True, squeeze=False)
@@ -59,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             series = [r.series(r.coef_key) for r in cell.runs]
             for s, v in series:
-                ax.plot(s, v, color=colour[d], lw=0.6, alpha=0.45)
+                ax.plot(s, v, color=colour[d], ls=style[d], lw=0.6, alpha=0.45)
             n = min(len(v) for _, v in series)
             steps = series[0][0][:n]
             mean = np.mean([v[:n] for _, v in series], axis=0)
             data = cell.runs[0].summary.get("dataset_score")
             name = "/".join(d.split("/")[-2:]) if several_envs else d.split("/")[-1]
             label = name.removesuffix("-v0") + (f" (data {data:.0f})" if data is not None else "")
-            ax.plot(steps, mean, color=colour[d], lw=1.8, label=label)
+            ax.plot(steps, mean, color=colour[d], ls=style[d], lw=1.8, label=label)
         ax.set_yscale("log")
         qs = rho.get(variant, [])
         if several_envs:  # a rank correlation within each env (alpha's scale differs between them)
@@ -74,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             what = ", ".join(f"{q.rho:+.2f}" for q in qs)
         ax.set_title(variant + (f"\nSpearman ρ(data score, final α): {what}" if qs else ""), fontsize=9)
-        ax.axhline(2.5, color="0.5", ls=":", lw=1)
+        if start is not None:
+            ax.axhline(start, color="0.5", ls=":", lw=1)
         ax.grid(alpha=0.3, which="both")
     for ax in axes[-1]:
         ax.set_xlabel("gradient step")

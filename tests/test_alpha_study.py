@@ -3,6 +3,7 @@ committed screening results are runs of the screening spec with its settings, re
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -116,12 +117,18 @@ def test_the_committed_confirmation_runs_are_finished_runs_of_the_spec_on_its_pi
     assert text == (CONFIRMED / "report.md").read_text()
 
 
+def _experiment_script(name: str):
+    """The module of experiments/<name>.py (the experiments folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_alpha_terms_splits_the_hypergradient_into_the_outer_terms(tmp_path):
     """experiments/alpha_terms.py on a tiny ASPC run: per horizon, the three terms' hypergradients add up to the full
     outer loss's on every batch (the script stops otherwise), L2 and L3 are not zero after training, and a longer
     lookahead gives another hypergradient."""
-    import importlib.util
-
     from metaconstraint import cli
 
     from .test_cli import tiny_train_args
@@ -130,9 +137,7 @@ def test_alpha_terms_splits_the_hypergradient_into_the_outer_terms(tmp_path):
     data = write_tiny_npz(tmp_path / "tiny.npz")
     run_dir = tmp_path / "run"
     assert cli.main([str(a) for a in tiny_train_args(data, run_dir, "aspc", steps=120)]) == 0
-    spec = importlib.util.spec_from_file_location("alpha_terms", ROOT / "experiments" / "alpha_terms.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _experiment_script("alpha_terms")
     (result,) = [module.term_hypergradients(run_dir, [1, 3], batches=3, checkpoint=None, seed=0)]
     assert result["step"] == 120 and set(result["horizons"]) == {"1", "3"}
     for h, grads in result["horizons"].items():
@@ -148,14 +153,10 @@ def test_alpha_terms_splits_the_hypergradient_into_the_outer_terms(tmp_path):
 def test_alpha_terms_trace_records_every_alpha_update_without_changing_the_run(tmp_path):
     """--trace: one row per alpha update with each term's hypergradient (adding up to the update's own), and the traced
     run ends where the same run without the trace does."""
-    import importlib.util
-
     from .test_training import run, tiny_config, write_tiny_npz
 
     data = write_tiny_npz(tmp_path / "tiny.npz")
-    spec = importlib.util.spec_from_file_location("alpha_terms", ROOT / "experiments" / "alpha_terms.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _experiment_script("alpha_terms")
     config = tiny_config(data, steps=120, eval_every=0)
     trace = module.trace_run(config, tmp_path / "traced")
     _, plain = run(tiny_config(data, steps=120, eval_every=0), tmp_path / "plain")
@@ -170,3 +171,20 @@ def test_alpha_terms_trace_records_every_alpha_update_without_changing_the_run(t
     assert abs(sum(r["d_rho"] for r in trace["rows"]) - (rho[1] - rho[0])) <= 1e-4  # the steps add up to rho's change
     table = module.trace_table([trace]).splitlines()
     assert len(table) == 3 and table[2].startswith(f"| {Path(trace['dataset']).name} | ")
+
+
+def test_the_alpha_figure_gives_each_env_a_line_style_and_ranks_colours_within_an_env(tmp_path):
+    """plot_alpha_study: across envs the line style names the env and the colour the data's rank within its env
+    (the poorest dataset of each env gets the colour map's first colour, the best its last); it draws the committed
+    confirmation runs (two envs) into a PNG."""
+    plot = _experiment_script("plot_alpha_study")
+    cmap = lambda x: x  # noqa: E731  (a colour map that returns its argument)
+    datasets = ["metaconstraint/hopper/random-v0", "metaconstraint/hopper/medium-v0",
+                "metaconstraint/pendulum/random-v0", "metaconstraint/pendulum/medium-v0",
+                "metaconstraint/pendulum/expert-v0"]
+    colour, style = plot.line_styles(datasets, cmap)
+    assert [colour[d] for d in datasets] == [0.0, 1.0, 0.0, 0.5, 1.0]
+    assert style[datasets[0]] == style[datasets[1]] != style[datasets[2]] == style[datasets[4]]
+    out = tmp_path / "alpha.png"
+    assert plot.main([str(CONFIRMED), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
