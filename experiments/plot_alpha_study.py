@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print("plot_alpha_study: no runs with a learned coefficient", file=sys.stderr)
         return 2
     datasets = sorted({d for _, d in cells}, key=dataset_order)
-    several_envs = len({dataset_order(d)[0] for d in datasets}) > 1  # then name the env too
     colour, style = line_styles(datasets, plt.get_cmap("viridis"))
+    several_envs = len(set(style.values())) > 1  # then name the env too
     starts = {r.summary.get("coef_start") for c in cells.values() for r in c.runs if learned(r)}
     start = starts.pop() if len(starts) == 1 else None  # a dotted line at the coefficient's common start
     ncols = min(3, len(variants))

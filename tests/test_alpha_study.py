@@ -102,14 +102,14 @@ def test_the_committed_confirmation_runs_are_finished_runs_of_the_spec_on_its_pi
         name = run_dir.relative_to(CONFIRMED).as_posix()
         assert name in planned, name
         _check_existing([planned[name]])  # the sweep's own check: same settings (the dataset pin is not a result)
-        have = yaml.safe_load((run_dir / "config.yaml").read_text())
+        dataset = planned[name].config["dataset"]  # the run's own, as _check_existing just found
         summary = read_summary(run_dir)
         assert summary["status"] == "finished" and summary["step"] == 50000, name
         if summary.get("dataset_sha256"):
-            assert summary["dataset_sha256"].startswith(pins[have["dataset"]]), name
-            pinned_return.setdefault(have["dataset"], set()).add(summary["dataset_return"])
+            assert summary["dataset_sha256"].startswith(pins[dataset]), name
+            pinned_return.setdefault(dataset, set()).add(summary["dataset_return"])
         else:
-            unhashed.append((name, have["dataset"], summary["dataset_return"]))
+            unhashed.append((name, dataset, summary["dataset_return"]))
     assert all(len(v) == 1 for v in pinned_return.values())
     for name, dataset, ret in unhashed:  # the other build's data has another mean return (37.5 vs 39.0 on medium)
         assert {ret} == pinned_return[dataset], name
