@@ -10,8 +10,11 @@ a crash stays inside one run, and no state crosses runs (a fresh interpreter eac
 Idempotent: a finished run is skipped, a started one continues with ``train --resume`` (from its
 newest intact checkpoint, or from step 0 if it was stopped before the first one). A worker killed mid-run (even
 with SIGKILL) takes its child with it (``PR_SET_PDEATHSIG`` on Linux); Ray retries the task, which
-resumes the run. Results come back through the filesystem: ``--out`` must be a folder every node
-sees (a shared filesystem on a cluster), because checkpoints must outlive any worker.
+resumes the run. Ctrl-C or SIGTERM stops the sweep (also one started in the background, where the shell
+ignores SIGINT): the running runs write a checkpoint and stop, and the same command continues them; a run
+whose own ``train`` was stopped the same way counts as interrupted, not failed. Results come back through
+the filesystem: ``--out`` must be a folder every node sees (a shared filesystem on a cluster), because
+checkpoints must outlive any worker.
 
 Spec::
 
@@ -45,6 +48,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +60,11 @@ from .cliargs import nonneg_int, positive_int
 from .config import ConfigError, RunConfig, algo_class, dataset_key, dotted_keys, is_agent_setting, resolve
 from .plotting import NOT_RESULT, format_value, settings_key
 from .rundir import flat_settings, read_summary
+from .training import stop_on_signals
 
 __all__ = ["PlannedRun", "SpecError", "grid_from_flags", "load_spec", "plan", "run_state", "run_sweep", "select"]
 
+INTERRUPT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # train's (and the sweep's) exit status when stopped
 EXTRA_HINT = "pip install 'metaconstraint[sweep]' (in a checkout: pip install -e '.[sweep]')"
 SPEC_KEYS = ("out", "settings", "grids")
 _RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"agent"}
@@ -314,6 +320,15 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child between fork
             pass
 
 
+def _cancellable() -> None:
+    """Ray cancels a task by interrupting its worker, which does nothing while SIGINT is ignored there: as it is
+    when the cluster (or the sweep that started a local one) was started from a background shell job, which
+    ignores SIGINT and passes that on. Let the interrupt through (a KeyboardInterrupt, Python's default)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) in (
+            signal.SIG_IGN, signal.SIG_DFL):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _error_line(log: Path) -> str:
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
@@ -335,6 +350,7 @@ def run_one(run_dir: str, config: Mapping[str, Any], threads: int, env: Mapping[
     if cwd is not None and not Path(cwd).is_dir():
         return {"status": "failed", "error": f"{cwd} (the folder the sweep started in, where relative paths lead) is "
                 f"not visible on {host}: start the sweep from a folder every node sees"}
+    _cancellable()
     state = run_state(d)
     if state in ("finished", "diverged"):
         return {"status": "skipped" if state == "finished" else "failed", "summary": read_summary(d),
@@ -376,11 +392,25 @@ def run_one(run_dir: str, config: Mapping[str, Any], threads: int, env: Mapping[
     if code < 0:
         raise RunKilled(f"{d.name}: train was killed by signal {-code} on {host} (log: {log})")
     summary = read_summary(d)
-    result = {"status": "finished" if code == 0 and summary.get("status") == "finished" else "failed",
-              "summary": summary, "wall_s": time.time() - t0, "resumed_from": resumed_from, "host": host}
+    result = {"status": outcome(code, summary), "summary": summary, "wall_s": time.time() - t0,
+              "resumed_from": resumed_from, "host": host}
     if result["status"] == "failed":
         result["error"] = f"exit status {code}: {_error_line(log)} (log: {log})"
+    elif result["status"] == "interrupted":
+        result["signal"] = next(int(s) for s, c in INTERRUPT_CODES.items() if c == code)
     return result
+
+
+def outcome(code: int, summary: Mapping[str, Any]) -> str:
+    """What a ``train`` process's exit status and the summary it left say about its run: ``finished``,
+    ``interrupted`` (stopped by SIGINT/SIGTERM after writing a checkpoint: the sweep can continue it), else
+    ``failed``. Both must agree, as a summary left by an earlier stop may be stale."""
+    status = summary.get("status")
+    if code == 0 and status == "finished":
+        return "finished"
+    if code in INTERRUPT_CODES.values() and status == "interrupted":
+        return "interrupted"
+    return "failed"
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -441,8 +471,9 @@ def _check_existing(runs: Sequence[PlannedRun]) -> None:
 def run_sweep(runs: Sequence[PlannedRun], *, address: str | None = None, cpus_per_run: float = 1.0,
               gpus_per_run: float = 0.0, max_parallel: int | None = None, retries: int = 3, plots: bool = False,
               echo: Any = print) -> dict[str, dict[str, Any]]:
-    """Bring every run to its end on Ray; returns each run's result by name (status finished, skipped or failed;
-    after Ctrl-C also interrupted or not started)."""
+    """Bring every run to its end on Ray; returns each run's result by name (status finished, skipped, failed or
+    interrupted; after Ctrl-C or SIGTERM the runs still queued are 'not started'). An interrupted result carries
+    the signal that stopped it."""
     _check_existing(runs)
     results: dict[str, dict[str, Any]] = {}
     todo = []
@@ -493,6 +524,8 @@ def run_sweep(runs: Sequence[PlannedRun], *, address: str | None = None, cpus_pe
         eta = (time.time() - t0) / max(1, done - done0) * (len(runs) - done)
         return f"[{done}/{len(runs)}, ETA {_duration(eta) if done < len(runs) else '0 s'}]{text}"
 
+    stop: list[int] = []
+    restore_signals = stop_on_signals(lambda signum: bool(stop.append(signum)))  # KeyboardInterrupt on either signal
     try:
         while queue or pending:
             while queue and (max_parallel is None or len(pending) < max_parallel):
@@ -510,19 +543,24 @@ def run_sweep(runs: Sequence[PlannedRun], *, address: str | None = None, cpus_pe
                 results[r.name] = res
                 if res["status"] == "failed":
                     bar.write(line(f"  FAILED {r.name}: {res['error']}"), file=sys.stdout)
+                elif res["status"] == "interrupted":  # its train was stopped by a signal of its own
+                    bar.write(line(f"  interrupted {r.name} ({signal.Signals(res['signal']).name}, checkpoint at "
+                                   f"step {res['summary'].get('step')}): {_describe(res)}"), file=sys.stdout)
                 else:
                     bar.write(line(f"  {res['status']:>8} {r.name}: {_describe(res)}"), file=sys.stdout)
                 bar.update(1)
-    except KeyboardInterrupt:  # Ctrl-C: the running runs write a checkpoint and stop (train's own SIGINT handling)
-        bar.write("stopping: the running runs write a checkpoint and stop", file=sys.stdout)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the running runs write a checkpoint and stop (train's own handling)
+        sig = stop[0] if stop else signal.SIGINT
+        bar.write(f"stopping ({signal.Signals(sig).name}): the running runs write a checkpoint and stop", file=sys.stdout)
         for ref in pending:
             ray.cancel(ref)
         ray.wait(list(pending), num_returns=len(pending), timeout=300)
         for r in pending.values():
-            results[r.name] = {"status": "interrupted"}
+            results[r.name] = {"status": "interrupted", "signal": int(sig)}
         for r, _ in queue:
-            results[r.name] = {"status": "not started"}
+            results[r.name] = {"status": "not started", "signal": int(sig)}
     finally:
+        restore_signals()
         bar.close()
         if started:
             ray.shutdown()
@@ -553,10 +591,10 @@ def cli_sweep(args: argparse.Namespace) -> int:
         return 0
     results = run_sweep(runs, address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
                         max_parallel=args.max_parallel, retries=args.retries, plots=args.plots)
-    stopped = [n for n, res in results.items() if res["status"] in ("interrupted", "not started")]
-    if stopped:
+    stopped = [res for res in results.values() if res["status"] in ("interrupted", "not started")]
+    if stopped:  # the report waits for the end of the sweep: report.md stays as the last complete sweep left it
         print(f"sweep interrupted: {len(stopped)} run(s) not finished; run the same command again to continue them")
-        return 130
+        return INTERRUPT_CODES.get(signal.Signals(stopped[0].get("signal", signal.SIGINT)), 130)
     failed = [n for n, res in results.items() if res["status"] == "failed"]
     from .report import report_markdown
 
@@ -600,7 +638,9 @@ def add_parser(sub: Any) -> None:
             "  metaconstraint sweep SPEC.yaml --address ray-head:6379 --out /shared/runs   # an existing cluster\n"
             "  metaconstraint sweep SPEC.yaml --only 'aspc-*-s2' 'td3bc*-s2' --dry-run    # part of a spec, in this order\n"
             "\n--set KEY=V1,V2 makes KEY an axis of the grid (values crossed with everything else); a list value goes\n"
-            "in brackets (actor_hidden=[64,64],[32,32]). Exit status: 0 all runs finished, 1 some failed, 2 bad input."
+            "in brackets (actor_hidden=[64,64],[32,32]). Ctrl-C or `kill PID` (SIGTERM, e.g. of a sweep in the\n"
+            "background) stops it: the running runs write a checkpoint; the same command continues them.\n"
+            "Exit status: 0 all runs finished, 1 some failed, 2 bad input, 130/143 interrupted (SIGINT/SIGTERM)."
         ),
     )
     a = s.add_argument

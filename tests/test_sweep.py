@@ -254,38 +254,66 @@ def test_dry_run_with_only_lists_the_chosen_runs(tmp_path, tiny_npz):
     assert bad.returncode == 2 and "--only '*-s9' matches none of the sweep's 1 runs" in bad.stderr
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_the_runs_with_a_checkpoint_and_the_same_sweep_continues_them(tmp_path, tiny_npz):
-    pytest.importorskip("ray")
-    out = tmp_path / "sweep"
-    args = ["--algo", "aspc", "--dataset", tiny_npz, "--set", "steps=5000", "checkpoint_every=250",
-            *[s for s in TINY if not s.startswith("checkpoint_every")], "--out", out]
-    run_dir = out / "aspc" / "aspc-pendulum-tiny-s0"
+def _stop_sweep_at_first_checkpoint(tmp_path: Path, args: list, how: str) -> tuple[int, str, Path]:
+    """Start a sweep of one run, stop it the given way once the run has a checkpoint; (exit status, output, run)."""
+    run_dir = tmp_path / "sweep" / "aspc" / "aspc-pendulum-tiny-s0"
     log = open(tmp_path / "sweep.out", "w+")
+    # a background job of a shell script has SIGINT ignored (and pytest started in the background passes that on);
+    # a terminal's foreground job has the default
+    sigint = signal.SIG_IGN if how == "SIGINT, in the background" else signal.SIG_DFL
     sweep = subprocess.Popen([sys.executable, "-m", "metaconstraint", "sweep", *map(str, args)], stdout=log,
                              stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job has it,
-    t0 = time.time()  # also when pytest itself was started in the background (where SIGINT is ignored and inherited)
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+    t0 = time.time()
     try:
         while not list((run_dir / "checkpoints").glob("step_*.pt")):
             assert sweep.poll() is None and time.time() - t0 < 240, "no checkpoint appeared"
             time.sleep(0.02)
-        sweep.send_signal(signal.SIGINT)  # what Ctrl-C sends the sweep
+        if how == "SIGINT to its train process":  # e.g. a user stopping one run of a sweep
+            (child,) = _train_processes(run_dir)
+            os.kill(child, signal.SIGINT)
+        else:
+            sweep.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
         code = sweep.wait(timeout=120)
     finally:
         if sweep.poll() is None:
             sweep.kill()
     log.seek(0)
-    output = log.read()
-    assert code == 130 and "run the same command again to continue them" in output, output
+    return code, log.read(), run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, code", [("SIGINT", 130), ("SIGINT, in the background", 130), ("SIGTERM", 143),
+                                       ("SIGINT to its train process", 130)])
+def test_a_stopped_sweep_leaves_checkpoints_and_the_same_sweep_continues_them(tmp_path, tiny_npz, how, code):
+    pytest.importorskip("ray")
+    args = ["--algo", "aspc", "--dataset", tiny_npz, "--set", "steps=2000", "checkpoint_every=250",
+            *[s for s in TINY if not s.startswith("checkpoint_every")], "--out", tmp_path / "sweep"]
+    got, output, run_dir = _stop_sweep_at_first_checkpoint(tmp_path, args, how)
+    assert got == code and "run the same command again to continue them" in output, output
+    assert "FAILED" not in output and not (tmp_path / "sweep" / "report.md").exists()  # no report of a half sweep
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and 250 <= summary["step"] < 5000  # train's own SIGINT handling
+    assert summary["status"] == "interrupted" and 250 <= summary["step"] < 2000  # train's own SIGINT handling
     assert (run_dir / "checkpoints" / f"step_{summary['step']:08d}.pt").is_file()
     assert not _train_processes(run_dir)
+    if how != "SIGINT":  # continuing is the same whichever way it stopped: once is enough
+        return
     again = sweep_cli(*args)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "0 finished already (skipped), 1 to resume, 0 to start" in again.stdout
     assert f"resumed from step {summary['step']}" in again.stdout and run_state(run_dir) == "finished"
+
+
+@pytest.mark.parametrize("code, status, want", [(0, "finished", "finished"), (130, "interrupted", "interrupted"),
+                                                (143, "interrupted", "interrupted"), (0, "interrupted", "failed"),
+                                                (2, "interrupted", "failed"), (130, "finished", "failed"),
+                                                (1, None, "failed"), (3, "diverged", "failed")])
+def test_a_runs_outcome_needs_its_exit_status_and_its_summary_to_agree(code, status, want):
+    """A summary left by an earlier stop says 'interrupted' even when the resumed train then fails (exit 2):
+    only 130/143 with an 'interrupted' summary is a stop the sweep can continue."""
+    from metaconstraint.sweep import outcome
+
+    assert outcome(code, {} if status is None else {"status": status}) == want
 
 
 @pytest.mark.parametrize("given, env, expected", [(None, None, "local"), (None, "ray-head:6379", "ray-head:6379"),
